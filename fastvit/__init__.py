@@ -1,0 +1,13 @@
+"""fastvit: Triton kernels for fast, memory-lean Vision Transformers.
+
+Unrelated to Apple's FastViT architecture of the same name: this is the plain ViT of Dosovitskiy
+et al. with fused kernels.
+"""
+from . import ops
+from .backend import BACKENDS, resolve_backend
+from .convert import from_timm, from_torchvision, load_checkpoint
+from .vit import FastViT, count_params, create_model, list_models, model_config
+
+__version__ = "0.1.0"
+__all__ = ["FastViT", "create_model", "list_models", "model_config", "count_params", "from_timm",
+           "from_torchvision", "load_checkpoint", "ops", "BACKENDS", "resolve_backend"]
