@@ -103,7 +103,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, approximate=gelu_approximate)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: str = "auto", pending: torch.Tensor | None = None,
+                fold_residual: bool = False):
+        if fold_residual:  # through __call__, so module hooks (FSDP2's unshard) run
+            return self.forward_pending(x, pending, backend)
         x = x + self.drop_path1(self.attn(_norm(self.norm1, x, backend), backend))
         x = x + self.drop_path2(self.mlp(_norm(self.norm2, x, backend), backend))
         return x
@@ -134,6 +137,11 @@ def _norm(norm: nn.LayerNorm, x: torch.Tensor, backend: str) -> torch.Tensor:
 
 
 def _add_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor, backend: str):
+    # Under autocast a branch comes back in half precision while the residual stream stays fp32:
+    # promote as ``x + residual`` would, so the fused add sees one dtype.
+    if x.dtype != residual.dtype:
+        dtype = torch.promote_types(x.dtype, residual.dtype)
+        x, residual = x.to(dtype), residual.to(dtype)
     return ops.add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, backend=backend)
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, resolve_backend
-from .layers import Block, PatchEmbed, _pair
+from .layers import Block, PatchEmbed, _add_norm, _pair
 
 LN_EPS = 1e-6  # timm's and torchvision's ViT LayerNorm eps
 
@@ -141,11 +141,9 @@ class FastViT(nn.Module):
         # Every residual add rides in the LayerNorm after it: one memory pass instead of two.
         pending = None
         for blk in self.blocks:
-            x, pending = self._run(blk.forward_pending, x, pending, backend)
+            x, pending = self._run(blk, x, backend, pending, True)
         if isinstance(self.norm, nn.LayerNorm):
-            _, out = _ops().add_layer_norm(x, pending, self.norm.weight, self.norm.bias, self.norm.eps,
-                                           backend=backend)
-            return out
+            return _add_norm(self.norm, x, pending, backend)[1]
         return x + pending
 
     def _run(self, fn, *args):
@@ -161,10 +159,62 @@ class FastViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    # -- attention maps ------------------------------------------------------------------------
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS token's attention row for every layer and head: fp32 (depth, B, heads, 1 + N_patches).
 
-def _ops():
-    from . import ops
-    return ops
+        ``maps[l, b, h, j]`` is the softmax weight the CLS query of layer ``l``, head ``h`` gives
+        token ``j`` (0 is the CLS token itself, then the patches row by row); each row sums to 1.
+        Rebuilt from each attention call's logsumexp (``ops.qkv_attention(return_lse=True)`` then
+        ``ops.cls_attention``), so on the ``triton`` backend no N x N matrix ever exists.
+        Eval semantics (no dropout) and no gradients, whatever the model's mode, which is kept.
+        Render with ``fastvit.viz.overlay``.
+        """
+        return torch.stack(self._attention_trace(x, full=False))
+
+    @torch.no_grad()
+    def attention_matrices(self, x: torch.Tensor) -> torch.Tensor:
+        """Every attention matrix, fp32 (depth, B, heads, N, N), for attention rollout.
+
+        Only on the ``eager`` backend (the one that holds these matrices anyway): memory grows as
+        depth * B * heads * N^2 (180 MB for vit_base_patch16_224 at batch 8), so this is for small
+        inputs. ``attention_maps`` gives the CLS rows on every backend.
+        """
+        return torch.stack(self._attention_trace(x, full=True))
+
+    def _attention_trace(self, x: torch.Tensor, full: bool) -> list[torch.Tensor]:
+        # The standard block math (x + attn, then + mlp) through the same ops the forward uses;
+        # the triton forward folds the adds into the next LayerNorm, which gives the same inputs.
+        from . import reference
+        from . import ops
+        from .layers import _norm
+        self.check_input(x)
+        backend = resolve_backend(self.backend, x.device)
+        if full and backend != "eager":
+            raise RuntimeError(
+                f"attention_matrices needs the full N x N attention matrices, which only the 'eager' backend "
+                f"materialises (this model resolves to {backend!r}); call model.set_backend('eager') first, "
+                f"or use attention_maps(x) for the CLS rows on any backend")
+        was_training = self.training
+        self.eval()
+        try:
+            out_maps = []
+            x = self._embed(x)
+            for blk in self.blocks:
+                attn = blk.attn
+                qkv = attn.qkv(_norm(blk.norm1, x, backend))
+                out, lse = ops.qkv_attention(qkv, attn.num_heads, scale=attn.scale, backend=backend,
+                                             return_lse=True)
+                B, N, _ = qkv.shape
+                q, k, _ = qkv.view(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+                out_maps.append(reference.attention_probs(q.float(), k.float(), attn.scale) if full
+                                else ops.cls_attention(q, k, lse, attn.scale))
+                x = x + attn.proj(out)
+                x = x + blk.mlp(_norm(blk.norm2, x, backend), backend)
+            return out_maps
+        finally:
+            self.train(was_training)
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, num_prefix_tokens: int = 1) -> torch.Tensor:
