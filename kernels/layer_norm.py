@@ -9,7 +9,9 @@ input once and writes each output once. Narrow rows are packed BLOCK_M to a prog
 Backward is two passes and has no atomics, so two runs give the same bits:
   1. ``_layer_norm_bwd``: each program owns a contiguous range of rows, writes dx for them and
      accumulates sum(dy * xhat) and sum(dy) for its rows in fp32 registers, then writes those
-     as one row of a (programs, N) fp32 partial-sum buffer.
+     as one row of a (programs, N) fp32 partial-sum buffer. Rows wider than 4096 go to
+     ``_layer_norm_bwd_wide`` instead, which walks each row in chunks and keeps the partial
+     sums in its own row of that buffer (registers cannot hold them without spilling).
   2. ``_layer_norm_bwd_dwdb``: sums the partial rows in a fixed order into dweight and dbias.
 
 Statistics (mean, rstd) are fp32 whatever the input dtype; so is all arithmetic.
@@ -25,14 +27,15 @@ import triton
 import triton.language as tl
 
 from ._configs import (
-    LAYER_NORM_BWD_PROGRAMS_PER_SM,
     LAYER_NORM_INTERPRET_PROGRAMS,
     LAYER_NORM_MAX_WIDTH,
     layer_norm_block_n,
     layer_norm_bwd_config,
     layer_norm_dwdb_config,
     layer_norm_fwd_autotune_configs,
-    layer_norm_fwd_config,
+    layer_norm_interpret_bwd_config,
+    layer_norm_interpret_dwdb_config,
+    layer_norm_interpret_fwd_config,
     layer_norm_fwd_configs_for,
     prune_layer_norm_fwd_configs,
 )
@@ -53,7 +56,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Kernels
 # --------------------------------------------------------------------------------------------
 
-@triton.jit
+# Row counts vary with the batch: not specialised on, so a new batch size compiles nothing.
+@triton.jit(do_not_specialize=["n_rows", "rows_bucket"])
 def _layer_norm_fwd(
     X, R, H, Y, W, B, Mean, Rstd,
     stride_xm, stride_rm, stride_hm, stride_ym,
@@ -100,7 +104,7 @@ def _layer_norm_fwd(
     tl.store(Y + rows[:, None] * stride_ym + offs_n[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "rows_per_program"])
 def _layer_norm_bwd(
     DY, X, W, Mean, Rstd, DH, DX, DW_partial, DB_partial,
     stride_dym, stride_xm, stride_dhm, stride_dxm,
@@ -108,6 +112,7 @@ def _layer_norm_bwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DH: tl.constexpr,
 ):
+    """Rows up to 4096 wide: BLOCK_M whole rows at a time in registers, partials in registers."""
     pid = tl.program_id(0)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
@@ -137,7 +142,7 @@ def _layer_norm_bwd(
             wdy = dy * w[None, :]
         else:
             wdy = dy
-        # dx = rstd * (wdy - mean(xhat * wdy) * xhat - mean(wdy)), masked lanes are 0 in both.
+        # dx = rstd * (wdy - mean(xhat * wdy) * xhat - mean(wdy)); padding lanes are 0 in both.
         c1 = tl.sum(xhat * wdy, axis=1) / n_cols
         c2 = tl.sum(wdy, axis=1) / n_cols
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
@@ -151,8 +156,8 @@ def _layer_norm_bwd(
         if HAS_BIAS:
             acc_db += dy
 
-    # Every program writes its partial row, even one that got no rows (zeros), so the second
-    # pass never reads memory nobody wrote.
+    # Every program writes its whole partial row, so the second pass never reads memory nobody
+    # wrote.
     partial = pid.to(tl.int64) * n_cols + offs_n
     if HAS_WEIGHT:
         tl.store(DW_partial + partial, tl.sum(acc_dw, axis=0), mask=mask_n)
@@ -160,7 +165,79 @@ def _layer_norm_bwd(
         tl.store(DB_partial + partial, tl.sum(acc_db, axis=0), mask=mask_n)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "rows_per_program"])
+def _layer_norm_bwd_wide(
+    DY, X, W, Mean, Rstd, DH, DX, DW_partial, DB_partial,
+    stride_dym, stride_xm, stride_dhm, stride_dxm,
+    n_rows, n_cols, rows_per_program,
+    BLOCK_N: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DH: tl.constexpr,
+):
+    """Rows wider than 4096: a whole row of dy and xhat plus two full-width accumulators does not
+    fit in registers, so each row is walked in BLOCK_N chunks twice (the sums c1, c2, then dx;
+    the second walk re-reads the row from L2) and the partial sums live in this program's own
+    row of the partial buffers (no other program touches it: still no atomics)."""
+    pid = tl.program_id(0)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    offs = tl.arange(0, BLOCK_N)
+    partial_row = pid.to(tl.int64) * n_cols
+
+    for n0 in range(0, n_cols, BLOCK_N):
+        offs_n = n0 + offs
+        mask_n = offs_n < n_cols
+        if HAS_WEIGHT:
+            tl.store(DW_partial + partial_row + offs_n, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=mask_n)
+        if HAS_BIAS:
+            tl.store(DB_partial + partial_row + offs_n, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=mask_n)
+
+    for i in range(0, row_end - row_start):
+        row64 = row_start.to(tl.int64) + i
+        mean = tl.load(Mean + row64)
+        rstd = tl.load(Rstd + row64)
+        acc_c1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc_c2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for n0 in range(0, n_cols, BLOCK_N):
+            offs_n = n0 + offs
+            mask_n = offs_n < n_cols
+            dy = tl.load(DY + row64 * stride_dym + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            x = tl.load(X + row64 * stride_xm + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            xhat = tl.where(mask_n, (x - mean) * rstd, 0.0)
+            if HAS_WEIGHT:
+                dy = dy * tl.load(W + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            acc_c1 += xhat * dy
+            acc_c2 += dy
+        c1 = tl.sum(acc_c1, axis=0) / n_cols
+        c2 = tl.sum(acc_c2, axis=0) / n_cols
+
+        for n0 in range(0, n_cols, BLOCK_N):
+            offs_n = n0 + offs
+            mask_n = offs_n < n_cols
+            dy = tl.load(DY + row64 * stride_dym + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            x = tl.load(X + row64 * stride_xm + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            xhat = tl.where(mask_n, (x - mean) * rstd, 0.0)
+            if HAS_WEIGHT:
+                wdy = dy * tl.load(W + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            else:
+                wdy = dy
+            dx = (wdy - (xhat * c1 + c2)) * rstd
+            if HAS_DH:
+                dx += tl.load(DH + row64 * stride_dhm + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            tl.store(DX + row64 * stride_dxm + offs_n, dx.to(DX.dtype.element_ty), mask=mask_n)
+            # Same pointer tensor, same layout as the zeroing above: each thread updates only
+            # the elements it wrote itself, so program order makes the update safe.
+            if HAS_WEIGHT:
+                acc = tl.load(DW_partial + partial_row + offs_n, mask=mask_n, other=0.0)
+                tl.store(DW_partial + partial_row + offs_n, acc + dy * xhat, mask=mask_n)
+            if HAS_BIAS:
+                acc = tl.load(DB_partial + partial_row + offs_n, mask=mask_n, other=0.0)
+                tl.store(DB_partial + partial_row + offs_n, acc + dy, mask=mask_n)
+        # Belt and braces should a layout ever split those: a barrier per row of >= 8192
+        # elements costs nothing measurable.
+        tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["n_partials"])
 def _layer_norm_bwd_dwdb(
     DW_partial, DB_partial, DW, DB,
     n_partials, n_cols,
@@ -204,8 +281,9 @@ _POISON = False
 
 @contextlib.contextmanager
 def poisoned_outputs():
-    """Within this block every buffer a launcher allocates starts as NaN (ints as -1), so a test
-    sees any element a kernel forgot to write. A debugging aid; not thread-safe."""
+    """Within this block every buffer a launcher allocates (outputs and the partial sums) starts
+    as NaN, so a test sees any element a kernel forgot to write. A debugging aid; not
+    thread-safe."""
     global _POISON
     previous, _POISON = _POISON, True
     try:
@@ -220,12 +298,13 @@ def _new(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _rows(t: torch.Tensor, name: str) -> torch.Tensor:
+def _rows(t: torch.Tensor) -> torch.Tensor:
     """``t`` as an (M, N) matrix with unit column stride, copying only when it is not one.
 
     ``view`` succeeds exactly when the leading dimensions collapse into one evenly strided row
-    dimension. A last stride other than 1 (e.g. a stride-0 gradient from ``.sum()``) is copied:
-    the kernels rely on contiguous rows for vector loads.
+    dimension (a row stride of 0, an expanded row, included: rows are only read). A last
+    stride other than 1 (e.g. the all-stride-0 gradient of ``.sum()``) is copied: the kernels
+    rely on unit-stride rows for vector loads.
     """
     n = t.shape[-1]
     if t.stride(-1) != 1 and n > 1:
@@ -234,9 +313,6 @@ def _rows(t: torch.Tensor, name: str) -> torch.Tensor:
         t2 = t.view(-1, n)
     except RuntimeError:
         t2 = t.reshape(-1, n).contiguous()
-    if t2.shape[0] > 1 and t2.stride(0) == 0 and interpreting():
-        # The interpreter mis-reads overlapping (stride-0) rows; a GPU reads them fine.
-        t2 = t2.contiguous()
     return t2
 
 
@@ -287,34 +363,37 @@ def _fwd(x, residual, weight, bias, eps, out_dtype):
     if y_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"out_dtype must be float16, bfloat16 or float32, got {y_dtype}")
 
+    # Parameters are N elements: copying a strided one costs nothing, and the kernels index them
+    # as contiguous vectors.
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
     lead = x.shape[:-1]
-    x2 = _rows(x, "x")                                  # (M, N)
-    r2 = None if residual is None else _rows(residual, "residual")  # (M, N)
+    x2 = _rows(x)                                       # (M, N)
+    r2 = None if residual is None else _rows(residual)  # (M, N)
     m = x2.shape[0]
-    y = _new((m, n), y_dtype, x.device)                 # (M, N)
-    h = None if residual is None else _new((m, n), h_dtype, x.device)  # (M, N)
-    mean = _new((m,), torch.float32, x.device)          # (M,)
-    rstd = _new((m,), torch.float32, x.device)          # (M,)
+    # Outputs are allocated in their final shapes (no views handed back to autograd).
+    y = _new(x.shape, y_dtype, x.device)                # (..., N) contiguous
+    h = None if residual is None else _new(x.shape, h_dtype, x.device)  # (..., N) contiguous
+    mean = _new(lead, torch.float32, x.device)          # (...)
+    rstd = _new(lead, torch.float32, x.device)          # (...)
     if m > 0:
         block_n = layer_norm_block_n(n)
         args = (
-            x2, r2, h, y, weight, bias, mean, rstd,
-            x2.stride(0), 0 if r2 is None else r2.stride(0), 0 if h is None else h.stride(0), y.stride(0),
+            x2, r2, None if h is None else h.view(m, n), y.view(m, n), weight, bias, mean, rstd,
+            x2.stride(0), 0 if r2 is None else r2.stride(0), n, n,
             m, n, eps, _rows_bucket(m),
         )
         flags = dict(BLOCK_N=block_n, HAS_RESIDUAL=residual is not None,
                      HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None)
         if interpreting() or x.device.type != "cuda":
-            block_m, num_warps = layer_norm_fwd_config(block_n, m)
+            block_m, num_warps = layer_norm_interpret_fwd_config(block_n, m)
             grid = (triton.cdiv(m, block_m),)
             _layer_norm_fwd[grid](*args, BLOCK_M=block_m, **flags, num_warps=num_warps, num_stages=1)
         else:
             def grid(meta):
                 return (triton.cdiv(m, meta["BLOCK_M"]),)
             _layer_norm_fwd_tuned[grid](*args, **flags)
-    y = y.view(*lead, n)
-    h = None if h is None else h.view(*lead, n)
-    return y, h, mean.view(lead), rstd.view(lead)
+    return y, h, mean, rstd
 
 
 def layer_norm_fwd(
@@ -346,14 +425,14 @@ def add_layer_norm_fwd(
     return h, y, mean, rstd
 
 
-def _bwd_programs(m: int, block_m: int, device: torch.device) -> tuple[int, int]:
-    """(programs, rows per program) of the backward. Fixed by (device, M, BLOCK_M) alone, so
+def _bwd_programs(m: int, block_m: int, programs_per_sm: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows per program) of the backward. Fixed by (device, M, config) alone, so
     the order of the dweight/dbias sums, hence their bits, is too."""
     tiles = triton.cdiv(m, block_m)
     if interpreting() or device.type != "cuda":
         cap = LAYER_NORM_INTERPRET_PROGRAMS
     else:
-        cap = torch.cuda.get_device_properties(device).multi_processor_count * LAYER_NORM_BWD_PROGRAMS_PER_SM
+        cap = torch.cuda.get_device_properties(device).multi_processor_count * programs_per_sm
     programs = max(1, min(tiles, cap))
     rows_per_program = triton.cdiv(tiles, programs) * block_m
     return triton.cdiv(m, rows_per_program), rows_per_program
@@ -386,31 +465,33 @@ def layer_norm_bwd(
     if bias_dtype is not None and bias_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"bias_dtype must be float16, bfloat16 or float32, got {bias_dtype}")
 
-    lead = x.shape[:-1]
-    x2 = _rows(x, "x")                                   # (M, N)
-    dy2 = _rows(dy, "dy")                                # (M, N)
-    dh2 = None if dh is None else _rows(dh, "dh")        # (M, N)
+    weight = None if weight is None else weight.contiguous()
+    x2 = _rows(x)                                        # (M, N)
+    dy2 = _rows(dy)                                      # (M, N)
+    dh2 = None if dh is None else _rows(dh)              # (M, N)
     mean1 = mean.reshape(-1).contiguous()                # (M,)
     rstd1 = rstd.reshape(-1).contiguous()                # (M,)
     m = x2.shape[0]
     has_w, has_b = weight is not None, bias_dtype is not None
-    dx = _new((m, n), x.dtype, x.device)                 # (M, N)
+    dx = _new(x.shape, x.dtype, x.device)                # (..., N) contiguous
     dw = _new((n,), weight.dtype, x.device) if has_w else None  # (N,)
     db = _new((n,), bias_dtype, x.device) if has_b else None     # (N,)
 
-    block_n = layer_norm_block_n(n)
-    block_m, num_warps = layer_norm_bwd_config(block_n)
-    programs, rows_per_program = _bwd_programs(m, block_m, x.device) if m > 0 else (0, 0)
+    on_gpu = x.device.type == "cuda" and not interpreting()
+    cfg = (layer_norm_bwd_config if on_gpu else layer_norm_interpret_bwd_config)(layer_norm_block_n(n))
+    programs, rows_per_program = _bwd_programs(m, cfg.block_m, cfg.programs_per_sm, x.device) if m > 0 else (0, 0)
     dw_partial = _new((programs, n), torch.float32, x.device) if has_w else None  # (P, N)
     db_partial = _new((programs, n), torch.float32, x.device) if has_b else None  # (P, N)
     if m > 0:
-        _layer_norm_bwd[(programs,)](
-            dy2, x2, weight, mean1, rstd1, dh2, dx, dw_partial, db_partial,
-            dy2.stride(0), x2.stride(0), 0 if dh2 is None else dh2.stride(0), dx.stride(0),
-            m, n, rows_per_program,
-            BLOCK_M=block_m, BLOCK_N=block_n, HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_DH=dh is not None,
-            num_warps=num_warps, num_stages=1,
-        )
+        args = (dy2, x2, weight, mean1, rstd1, dh2, dx.view(m, n), dw_partial, db_partial,
+                dy2.stride(0), x2.stride(0), 0 if dh2 is None else dh2.stride(0), n,
+                m, n, rows_per_program)
+        flags = dict(BLOCK_N=cfg.block_n, HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_DH=dh is not None,
+                     num_warps=cfg.num_warps, num_stages=1)
+        if cfg.wide:
+            _layer_norm_bwd_wide[(programs,)](*args, **flags)
+        else:
+            _layer_norm_bwd[(programs,)](*args, BLOCK_M=cfg.block_m, **flags)
     if has_w or has_b:
         if programs == 0:  # no rows: the sums are empty
             if has_w:
@@ -418,13 +499,13 @@ def layer_norm_bwd(
             if has_b:
                 db.zero_()
         else:
-            block_p, block_n2, warps2 = layer_norm_dwdb_config(n)
+            block_p, block_n2, warps2 = (layer_norm_dwdb_config if on_gpu else layer_norm_interpret_dwdb_config)(n)
             _layer_norm_bwd_dwdb[(triton.cdiv(n, block_n2),)](
                 dw_partial, db_partial, dw, db, programs, n,
                 BLOCK_P=block_p, BLOCK_N=block_n2, HAS_WEIGHT=has_w, HAS_BIAS=has_b,
                 num_warps=warps2, num_stages=1,
             )
-    return dx.view(*lead, n), dw, db
+    return dx, dw, db
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,81 +515,74 @@ def layer_norm_bwd(
 _TL_NAME = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-def aot_specs(dtypes=SUPPORTED_DTYPES, block_ns=None) -> list[dict]:
+def _spec(name, fn, signature, constexprs, num_warps, aligned_ints):
+    # Torch allocations are 16-byte aligned and Triton specialises on it, as it does on ints
+    # divisible by 16 (widths of 192 ... 1280, and the row strides of such rows). The
+    # "unaligned" specs (a width of 1000) list only the pointers.
+    aligned = [k for k, v in signature.items() if v.startswith("*")] + list(aligned_ints)
+    for k, v in constexprs.items():
+        signature.setdefault(k, "constexpr")
+    return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs,
+            "num_warps": num_warps, "num_stages": 1, "aligned": aligned}
+
+
+def _all_block_ns() -> list[int]:
+    out, block_n = [], layer_norm_block_n(1)
+    while block_n <= layer_norm_block_n(LAYER_NORM_MAX_WIDTH):
+        out.append(block_n)
+        block_n *= 2
+    return out
+
+
+def aot_specs(dtypes=SUPPORTED_DTYPES, block_ns=None, alignments=(True, False)) -> list[dict]:
     """One spec per (kernel, configuration the launchers may pick, dtype, variant).
 
-    Forward: every BLOCK_N bucket x every autotune config that survives the width-dependent
-    pruning x {plain, residual} (weight and bias present: the most registers). Backward: every
-    bucket's fixed config x {plain, residual}. dweight/dbias reduction: every config it uses.
-    Weight dtype equals the activation dtype; autocast's fp32 weights and output change no
-    register count that matters (fp32 is already among the dtypes).
+    Forward: every BLOCK_N bucket x every autotune config left by the width-dependent pruning
+    x {plain, residual}. Backward: every bucket's fixed config x {plain, with dh}. dweight/dbias
+    reduction: its config. Each x {width divisible by 16, not}. Weight and bias are present
+    (the most registers); the weight dtype is the activation dtype (autocast's fp32 weights and
+    output are the fp32 case's loads and stores).
     """
-    if block_ns is None:
-        block_ns = [layer_norm_block_n(1) << i for i in range(64)
-                    if (layer_norm_block_n(1) << i) <= layer_norm_block_n(LAYER_NORM_MAX_WIDTH)]
+    block_ns = _all_block_ns() if block_ns is None else list(block_ns)
     specs = []
     for dtype in dtypes:
-        t = "*" + _TL_NAME[dtype]
-        for block_n in block_ns:
-            for residual in (False, True):
-                for block_m, num_warps in layer_norm_fwd_configs_for(block_n):
-                    specs.append({
-                        "name": f"_layer_norm_fwd_{_TL_NAME[dtype]}_n{block_n}_m{block_m}_w{num_warps}"
-                                + ("_res" if residual else ""),
-                        "fn": _layer_norm_fwd,
-                        "signature": {
-                            "X": t, "R": t if residual else "constexpr", "H": t if residual else "constexpr",
-                            "Y": t, "W": t, "B": t, "Mean": "*fp32", "Rstd": "*fp32",
-                            "stride_xm": "i32", "stride_rm": "i32", "stride_hm": "i32", "stride_ym": "i32",
-                            "n_rows": "i32", "n_cols": "i32", "eps": "fp32", "rows_bucket": "i32",
-                            "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "HAS_RESIDUAL": "constexpr",
-                            "HAS_WEIGHT": "constexpr", "HAS_BIAS": "constexpr",
-                        },
-                        "constexprs": {
-                            **({} if residual else {"R": None, "H": None}),
-                            "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_RESIDUAL": residual,
-                            "HAS_WEIGHT": True, "HAS_BIAS": True,
-                        },
-                        "num_warps": num_warps, "num_stages": 1,
-                    })
-                block_m, num_warps = layer_norm_bwd_config(block_n)
-                specs.append({
-                    "name": f"_layer_norm_bwd_{_TL_NAME[dtype]}_n{block_n}_m{block_m}_w{num_warps}"
-                            + ("_res" if residual else ""),
-                    "fn": _layer_norm_bwd,
-                    "signature": {
-                        "DY": t, "X": t, "W": t, "Mean": "*fp32", "Rstd": "*fp32",
-                        "DH": t if residual else "constexpr", "DX": t,
-                        "DW_partial": "*fp32", "DB_partial": "*fp32",
-                        "stride_dym": "i32", "stride_xm": "i32", "stride_dhm": "i32", "stride_dxm": "i32",
-                        "n_rows": "i32", "n_cols": "i32", "rows_per_program": "i32",
-                        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-                        "HAS_WEIGHT": "constexpr", "HAS_BIAS": "constexpr", "HAS_DH": "constexpr",
-                    },
-                    "constexprs": {
-                        **({} if residual else {"DH": None}),
-                        "BLOCK_M": block_m, "BLOCK_N": block_n,
-                        "HAS_WEIGHT": True, "HAS_BIAS": True, "HAS_DH": residual,
-                    },
-                    "num_warps": num_warps, "num_stages": 1,
-                })
-        seen = set()
-        for block_n in block_ns:
-            cfg = layer_norm_dwdb_config(block_n)
-            if cfg in seen:
-                continue
-            seen.add(cfg)
-            block_p, block_n2, num_warps = cfg
-            specs.append({
-                "name": f"_layer_norm_bwd_dwdb_{_TL_NAME[dtype]}_p{block_p}_n{block_n2}_w{num_warps}",
-                "fn": _layer_norm_bwd_dwdb,
-                "signature": {
-                    "DW_partial": "*fp32", "DB_partial": "*fp32", "DW": t, "DB": t,
-                    "n_partials": "i32", "n_cols": "i32",
-                    "BLOCK_P": "constexpr", "BLOCK_N": "constexpr",
-                    "HAS_WEIGHT": "constexpr", "HAS_BIAS": "constexpr",
-                },
-                "constexprs": {"BLOCK_P": block_p, "BLOCK_N": block_n2, "HAS_WEIGHT": True, "HAS_BIAS": True},
-                "num_warps": num_warps, "num_stages": 1,
-            })
+        t, tn = "*" + _TL_NAME[dtype], _TL_NAME[dtype]
+        for aligned in alignments:
+            tag = "" if aligned else "_unaligned"
+            for block_n in block_ns:
+                for residual in (False, True):
+                    res = "_res" if residual else ""
+                    ints = ["n_cols", "stride_xm", "stride_ym"] + (["stride_rm", "stride_hm"] if residual else [])
+                    for block_m, num_warps in layer_norm_fwd_configs_for(block_n):
+                        specs.append(_spec(
+                            f"_layer_norm_fwd_{tn}_n{block_n}_m{block_m}_w{num_warps}{res}{tag}", _layer_norm_fwd,
+                            {"X": t, "R": t if residual else "constexpr", "H": t if residual else "constexpr",
+                             "Y": t, "W": t, "B": t, "Mean": "*fp32", "Rstd": "*fp32",
+                             "stride_xm": "i32", "stride_rm": "i32", "stride_hm": "i32", "stride_ym": "i32",
+                             "n_rows": "i32", "n_cols": "i32", "eps": "fp32", "rows_bucket": "i32"},
+                            {**({} if residual else {"R": None, "H": None}),
+                             "BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_RESIDUAL": residual,
+                             "HAS_WEIGHT": True, "HAS_BIAS": True},
+                            num_warps, ints if aligned else []))
+                    cfg = layer_norm_bwd_config(block_n)
+                    ints = ["n_cols", "stride_dym", "stride_xm", "stride_dxm"] + (["stride_dhm"] if residual else [])
+                    sig = {"DY": t, "X": t, "W": t, "Mean": "*fp32", "Rstd": "*fp32",
+                           "DH": t if residual else "constexpr", "DX": t, "DW_partial": "*fp32", "DB_partial": "*fp32",
+                           "stride_dym": "i32", "stride_xm": "i32", "stride_dhm": "i32", "stride_dxm": "i32",
+                           "n_rows": "i32", "n_cols": "i32", "rows_per_program": "i32"}
+                    cx = {**({} if residual else {"DH": None}), "BLOCK_N": cfg.block_n,
+                          "HAS_WEIGHT": True, "HAS_BIAS": True, "HAS_DH": residual}
+                    if cfg.wide:
+                        name = f"_layer_norm_bwd_wide_{tn}_n{block_n}_chunk{cfg.block_n}_w{cfg.num_warps}{res}{tag}"
+                        specs.append(_spec(name, _layer_norm_bwd_wide, sig, cx, cfg.num_warps, ints if aligned else []))
+                    else:
+                        name = f"_layer_norm_bwd_{tn}_n{block_n}_m{cfg.block_m}_w{cfg.num_warps}{res}{tag}"
+                        specs.append(_spec(name, _layer_norm_bwd, sig, {**cx, "BLOCK_M": cfg.block_m}, cfg.num_warps,
+                                           ints if aligned else []))
+            for block_p, block_n2, num_warps in sorted({layer_norm_dwdb_config(b) for b in block_ns}):
+                specs.append(_spec(
+                    f"_layer_norm_bwd_dwdb_{tn}_p{block_p}_n{block_n2}_w{num_warps}{tag}", _layer_norm_bwd_dwdb,
+                    {"DW_partial": "*fp32", "DB_partial": "*fp32", "DW": t, "DB": t, "n_partials": "i32", "n_cols": "i32"},
+                    {"BLOCK_P": block_p, "BLOCK_N": block_n2, "HAS_WEIGHT": True, "HAS_BIAS": True},
+                    num_warps, ["n_cols"] if aligned else []))
     return specs

@@ -1,10 +1,162 @@
-"""Triton path of the layer_norm ops (placeholder until the kernel lands)."""
+"""Triton path of the layer_norm ops: ``torch.library`` custom ops over the launchers in
+``fastvit.kernels.layer_norm`` (with fake implementations, so ``torch.compile`` and
+``torch.export`` see shapes without running a kernel), and the autograd Functions over them.
 
-def triton_layer_norm(*args, **kwargs):
-    raise NotImplementedError("backend=\"triton\" for layer_norm: the Triton kernel has not landed yet; use backend=\"sdpa\" or \"eager\"")
+Autocast: PyTorch's CUDA autocast runs layer_norm in fp32 and returns fp32. We do the same on
+every device (the interpreter stands in for a GPU) without copying anything: the kernels read
+fp16/bf16 activations and fp32 parameters as they are, compute in fp32 anyway, and only the
+output dtype changes. ``h`` of ``add_layer_norm`` is ``x + residual`` in their promoted dtype, as
+the unfused add gives under autocast.
+
+float64 inputs go to PyTorch: the kernels compute in fp32 and would silently lose precision.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..kernels import layer_norm as _k
 
 
-def triton_add_layer_norm(*args, **kwargs):
-    raise NotImplementedError("backend=\"triton\" for layer_norm: the Triton kernel has not landed yet; use backend=\"sdpa\" or \"eager\"")
+# --------------------------------------------------------------------------------------------
+# Custom ops
+# --------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("fastvit::layer_norm_fwd", mutates_args=())
+def layer_norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                   out_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, rstd): y of x's shape in ``out_dtype`` (default x.dtype), fp32 statistics."""
+    return _k.layer_norm_fwd(x, weight, bias, eps, out_dtype)
 
 
+@layer_norm_fwd.register_fake
+def _(x, weight, bias, eps, out_dtype):
+    stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=out_dtype or x.dtype), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastvit::add_layer_norm_fwd", mutates_args=())
+def add_layer_norm_fwd(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                       eps: float, out_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(h, y, mean, rstd) with h = x + residual and y = LayerNorm(h)."""
+    return _k.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype)
+
+
+@add_layer_norm_fwd.register_fake
+def _(x, residual, weight, bias, eps, out_dtype):
+    h_dtype = torch.promote_types(x.dtype, residual.dtype)
+    stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return (x.new_empty(x.shape, dtype=h_dtype), x.new_empty(x.shape, dtype=out_dtype or h_dtype),
+            stats, torch.empty_like(stats))
+
+
+@torch.library.custom_op("fastvit::layer_norm_bwd", mutates_args=())
+def layer_norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                   dh: Optional[Tensor], bias_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias). dx has x's dtype and includes ``dh`` when given; dweight and dbias
+    are (N,) tensors, or empty (0,) ones when there is no weight / bias (``bias_dtype`` None):
+    a custom op cannot return None."""
+    dx, dw, db = _k.layer_norm_bwd(dy, x, weight, mean, rstd, dh, bias_dtype=bias_dtype)
+    if dw is None:
+        dw = x.new_empty((0,))
+    if db is None:
+        db = x.new_empty((0,))
+    return dx, dw, db
+
+
+@layer_norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd, dh, bias_dtype):
+    n = x.shape[-1]
+    dw = x.new_empty((n,), dtype=weight.dtype) if weight is not None else x.new_empty((0,))
+    db = x.new_empty((n,), dtype=bias_dtype) if bias_dtype is not None else x.new_empty((0,))
+    return x.new_empty(x.shape), dw, db
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+
+class LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        y, mean, rstd = torch.ops.fastvit.layer_norm_fwd(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = torch.ops.fastvit.layer_norm_bwd(dy, x, weight, mean, rstd, None, ctx.bias_dtype)
+        return (dx, dw if weight is not None else None, db if ctx.bias_dtype is not None else None, None, None)
+
+
+class AddLayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, residual, weight, bias, eps, out_dtype):
+        h, y, mean, rstd = torch.ops.fastvit.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype)
+        # LayerNorm's backward needs its input: h, which we return anyway (x and residual are
+        # not kept).
+        ctx.save_for_backward(h, weight, mean, rstd)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.dtypes = (x.dtype, residual.dtype)
+        # An output nobody used gets None, not a zero tensor: no LayerNorm backward without dy,
+        # no extra read without dh.
+        ctx.set_materialize_grads(False)
+        return h, y
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dh, dy):
+        h, weight, mean, rstd = ctx.saved_tensors
+        dw = db = None
+        if dy is None:
+            dh_total = dh
+        else:
+            dh_total, dw, db = torch.ops.fastvit.layer_norm_bwd(dy, h, weight, mean, rstd, dh, ctx.bias_dtype)
+            dw = dw if weight is not None else None
+            db = db if ctx.bias_dtype is not None else None
+        if dh_total is None:
+            return None, None, None, None, None, None
+        # h = x + residual: both get dh_total (autocast may have given them different dtypes).
+        dx, dres = (dh_total if dh_total.dtype == dt else dh_total.to(dt) for dt in ctx.dtypes)
+        return dx, dres, dw, db, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points called by fastvit/ops/layer_norm.py (arguments already validated there)
+# --------------------------------------------------------------------------------------------
+
+def _out_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """fp32 under autocast (CUDA autocast's policy for layer_norm), else the input's dtype."""
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know
+        autocast = False
+    return torch.float32 if autocast else None
+
+
+def _any_float64(*tensors) -> bool:
+    return any(t is not None and t.dtype == torch.float64 for t in tensors)
+
+
+def triton_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
+    """``F.layer_norm(x, (x.shape[-1],), weight, bias, eps)`` with the Triton kernels."""
+    if _any_float64(x, weight, bias):
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return LayerNormFunction.apply(x, weight, bias, eps, _out_dtype(x))
+
+
+def triton_add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                          eps: float) -> tuple[Tensor, Tensor]:
+    """``(h, F.layer_norm(h, ...))`` with ``h = x + residual``, one pass over memory."""
+    if _any_float64(x, residual, weight, bias):
+        h = x + residual
+        return h, F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
+    return AddLayerNormFunction.apply(x, residual, weight, bias, eps, _out_dtype(x))
