@@ -45,3 +45,12 @@ def check_approximate(approximate) -> str:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate must be 'none' or 'tanh' (as in F.gelu), got {approximate!r}")
     return approximate
+
+
+def autocasting(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``: then fp16/bf16 activations meet fp32 parameters,
+    which the ops accept as F.linear and F.layer_norm do."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # device types autocast does not know (meta)
+        return False

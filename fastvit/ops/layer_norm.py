@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import resolve_backend
-from ._checks import check_eps, check_same, check_tensor
+from ._checks import autocasting, check_eps, check_same, check_tensor
 
 MAX_WIDTH = 16384
 
@@ -21,7 +21,8 @@ def _check_ln(x, weight, bias, eps, extra: dict | None = None):
         if t.shape[0] != width:
             raise ValueError(f"{name} must have shape ({width},) to match the last dimension of x, got {tuple(t.shape)}")
         tensors[name] = t
-    check_same(tensors, "dtype")
+    if not autocasting(x.device):
+        check_same(tensors, "dtype")
     check_same(tensors, "device")
     return check_eps(eps)
 

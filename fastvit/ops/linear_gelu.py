@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import resolve_backend
-from ._checks import check_approximate, check_same, check_tensor
+from ._checks import autocasting, check_approximate, check_same, check_tensor
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -22,7 +22,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},) = (out_features,), got {tuple(bias.shape)}")
         tensors["bias"] = bias
-    check_same(tensors, "dtype")
+    if not autocasting(x.device):
+        check_same(tensors, "dtype")
     check_same(tensors, "device")
     approximate = check_approximate(approximate)
     if resolve_backend(backend, x.device) == "triton":
