@@ -130,9 +130,10 @@ class FastViT(nn.Module):
         """Image (B, C, H, W) -> normalised tokens (B, 1 + H/P * W/P, D)."""
         self.check_input(x)
         backend = resolve_backend(self.backend, x.device)
-        x = self._embed(x)
         if backend == "triton":
-            return self._blocks_pending(x, backend)
+            # no local name for the embedding: the first block's output replaces it in memory
+            return self._blocks_pending(self._embed(x), backend)
+        x = self._embed(x)
         for blk in self.blocks:
             x = self._run(blk, x, backend)
         return self.norm(x)

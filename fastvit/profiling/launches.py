@@ -87,3 +87,36 @@ def _launch_classes():
     except ImportError:  # pragma: no cover
         pass
     return classes
+
+
+def block_launches(backend: str, model: str = "vit_base_patch16_224", batch: int = 2) -> LaunchCount:
+    """Launches of one inference block (the second: its input still has a residual pending)."""
+    from ..vit import create_model
+
+    net = create_model(model, depth=2, backend=backend).eval()
+    tokens = net.patch_embed.num_patches + 1
+    x, pending = torch.randn(batch, tokens, net.embed_dim), torch.randn(batch, tokens, net.embed_dim)
+    h = x + pending  # the unfused block's input: that add belongs to the block before
+    blk = net.blocks[1]
+    with torch.no_grad(), count_launches() as c:
+        if backend == "triton":
+            blk(x, backend, pending, True)
+        else:
+            blk(h, backend)
+    return c
+
+
+if __name__ == "__main__":  # python -m fastvit.profiling.launches [model]
+    import sys
+
+    from ..backend import triton_supported
+
+    name = sys.argv[1] if len(sys.argv) > 1 else "vit_base_patch16_224"
+    print(f"kernel launches per inference block of {name} (batch 2)")
+    for b in ("eager", "sdpa", "triton"):
+        if b == "triton" and not triton_supported("cpu"):
+            print(f"{b:>7}: needs CUDA or TRITON_INTERPRET=1")
+            continue
+        c = block_launches(b, name)
+        detail = ", ".join(f"{k} x{v}" for k, v in sorted({**c.triton, **c.torch}.items()))
+        print(f"{b:>7}: {c.total:2d}  ({detail})")
