@@ -135,7 +135,8 @@ def layer_norm_interpret_dwdb_config(n_cols: int) -> tuple[int, int, int]:
 # Three autotuned kernels: the forward and dQ (a block of BLOCK_M queries against all keys) and
 # dK/dV (a block of BLOCK_N keys against all queries). Autotune keys: next power of two of Nq
 # and Nk, head_dim, dropout, dot precision, and the dtype (added by the autotuner). The one
-# candidate list per kernel is pruned per (padded head dim, dtype) by ``attention_config_fits``;
+# candidate list per kernel is pruned per (padded head dim, dtype, dropout) by
+# ``attention_config_fits``;
 # ``attention_configs`` is what survives, and ``kernels/attention.py: aot_specs`` compiles
 # exactly that for sm_80 and sm_90 (tests/test_attention_compile.py: no spills, shared memory
 # within the limit, tensor-core instructions).
@@ -149,9 +150,12 @@ ATTENTION_INTERPRET_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "n
 # dimension stays >= 16. The first ATTENTION_MAX_CONFIGS that pass the filter are tuned over:
 # typically a 128-row and a 64-row tile (few long sequences vs. many short ones).
 _ATTENTION_CANDIDATES = {
-    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 4, 2)],
-    "dq": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 4, 2)],
-    "dkdv": [(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2)],
+    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 8, 2),
+            (32, 32, 4, 2), (16, 16, 4, 2)],
+    "dq": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 8, 2),
+           (32, 32, 4, 2), (16, 16, 4, 2)],
+    "dkdv": [(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2),
+             (16, 16, 4, 2)],
 }
 ATTENTION_MAX_CONFIGS = 2
 
@@ -164,6 +168,9 @@ ATTENTION_SMEM_BUDGET = 99 * 1024
 # values per thread spilled in dK/dV and 8 did not; in the forward and dQ 16 did not.
 ATTENTION_MAX_TILE_VALUES = 96
 ATTENTION_MAX_DROPOUT_VALUES = 16
+# fp32 (ieee dots on CUDA cores; head_dim 16-256): at <= 80 values with operands at most 32 bytes
+# spilled; at 96-112, hundreds of bytes to 40 KB.
+ATTENTION_MAX_FP32_VALUES = 80
 
 
 def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages: int, block_d: int,
@@ -181,8 +188,9 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
     """The named prune filter of the attention configurations.
 
     Registers: per thread, the fp32 accumulators (BLOCK x BLOCK_D: o or dq; dk and dv) plus two
-    score-sized tiles (s and p, or p and dp) must stay <= ATTENTION_MAX_TILE_VALUES; fp32 inputs
-    run ieee dots on CUDA cores with their operands in registers, so their budget is halved.
+    score-sized tiles (s and p, or p and dp) must stay <= ATTENTION_MAX_TILE_VALUES. fp32 inputs
+    run ieee dots on CUDA cores with the operand tiles (q, k, v, dO) in registers too: those
+    count, against ATTENTION_MAX_FP32_VALUES.
     Dropout draws Philox state (four words) per score element: the score tile per thread must
     stay <= ATTENTION_MAX_DROPOUT_VALUES, halved for dK/dV, whose keep mask is live across two dots.
     Shared memory: ``attention_smem_estimate`` <= ATTENTION_SMEM_BUDGET.
@@ -190,9 +198,14 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
     threads = 32 * num_warps
     accumulators = 2 * block_n * block_d if kernel == "dkdv" else block_m * block_d
     score = block_m * block_n // threads
-    budget = ATTENTION_MAX_TILE_VALUES if elem < 4 else ATTENTION_MAX_TILE_VALUES // 2
-    if accumulators // threads + 2 * score > budget:
-        return False
+    values = accumulators // threads + 2 * score
+    if elem < 4:
+        if values > ATTENTION_MAX_TILE_VALUES:
+            return False
+    else:
+        operand_rows = block_m + 2 * block_n if kernel == "fwd" else 2 * (block_m + block_n)
+        if values + operand_rows * block_d // threads > ATTENTION_MAX_FP32_VALUES:
+            return False
     if dropout and score > ATTENTION_MAX_DROPOUT_VALUES // (2 if kernel == "dkdv" else 1):
         return False
     return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem) <= ATTENTION_SMEM_BUDGET

@@ -5,6 +5,9 @@ import os
 if not os.environ.get("FASTVIT_TEST_ON_GPU"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The interpreter runs many tiny numpy dots: OpenBLAS threads spinning between them cost ~1000x.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import random  # noqa: E402
 import zlib  # noqa: E402
 

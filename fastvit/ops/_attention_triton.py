@@ -1,10 +1,211 @@
-"""Triton path of the attention ops (placeholder until the kernel lands)."""
+"""Triton path of the attention ops: ``torch.library`` custom ops and their autograd.
 
-def triton_attention(*args, **kwargs):
-    raise NotImplementedError("backend=\"triton\" for attention: the Triton kernel has not landed yet; use backend=\"sdpa\" or \"eager\"")
+Four opaque ops, forward and backward separately, so ``torch.compile`` and ``torch.export`` see
+one node per call and never trace into Triton:
+
+  fastvit::attention_fwd      (q, k, v (B, H, N, D) any unit-last-stride layout) -> (out, lse)
+  fastvit::attention_bwd      -> (dq, dk, dv)
+  fastvit::qkv_attention_fwd  (qkv (B, N, 3*H*D)) -> (out (B, N, H*D), lse (B, H, N))
+  fastvit::qkv_attention_bwd  -> dqkv (B, N, 3*H*D), one buffer, written in place by strides
+
+The dropout seed is a CPU int64 scalar tensor drawn from torch's default generator (so
+``torch.manual_seed`` reproduces a run), passed to both ops so the backward regenerates the
+forward's mask; it is ``None`` when ``dropout_p == 0``.
+
+Autocast: like ``F.scaled_dot_product_attention``, the op runs in the autocast dtype when
+autocast is on for the inputs' device (``custom_fwd(cast_inputs=...)`` cannot do this: it takes
+one fixed dtype, and bf16 autocast would silently run fp16). The cast happens before the
+autograd Function, so gradients flow back to the caller's dtype through ``.to``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from fastvit.kernels import attention as _kernels
+
+_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def triton_qkv_attention(*args, **kwargs):
-    raise NotImplementedError("backend=\"triton\" for attention: the Triton kernel has not landed yet; use backend=\"sdpa\" or \"eager\"")
+def _seed_value(seed: Optional[torch.Tensor]) -> int:
+    return 0 if seed is None else int(seed.item())
 
 
+def draw_seed(dropout_p: float) -> Optional[torch.Tensor]:
+    """The dropout seed of one attention call: a CPU int64 scalar from torch's default generator
+    (``None`` without dropout, so p = 0 consumes no random numbers)."""
+    if dropout_p <= 0.0:
+        return None
+    return torch.randint(0, 2**31 - 1, (), dtype=torch.int64, device="cpu")
+
+
+def _heads_view(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, H*D) -> (B, H, N, D) view, no copy."""
+    B, N, C = t.shape
+    return t.view(B, N, num_heads, C // num_heads).transpose(1, 2)
+
+
+def _qkv_views(qkv: torch.Tensor, num_heads: int):
+    """q, k, v (B, H, N, D) views into a (B, N, 3*H*D) buffer laid out as view(B, N, 3, H, D)."""
+    B, N, C3 = qkv.shape
+    return qkv.view(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops on (B, H, N, D) tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvit::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, scale: float,
+                  seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels.attention_fwd(q, k, v, sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed))
+
+
+@attention_fwd.register_fake
+def _(q, k, v, dropout_p, scale, seed):
+    B, H, N, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastvit::attention_bwd", mutates_args=())
+def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, dlse: Optional[torch.Tensor], dropout_p: float, scale: float,
+                  seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _kernels.attention_bwd(dout, q, k, v, out, lse, sm_scale=scale, dropout_p=dropout_p,
+                                  seed=_seed_value(seed), dlse=dlse)
+
+
+@attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, dlse, dropout_p, scale, seed):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops on the packed qkv Linear output
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastvit::qkv_attention_fwd", mutates_args=())
+def qkv_attention_fwd(qkv: torch.Tensor, num_heads: int, dropout_p: float, scale: float,
+                      seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    B, N, C3 = qkv.shape
+    q, k, v = _qkv_views(qkv, num_heads)
+    out = qkv.new_empty((B, N, C3 // 3))
+    _, lse = _kernels.attention_fwd(q, k, v, sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed),
+                                    out=_heads_view(out, num_heads))
+    return out, lse
+
+
+@qkv_attention_fwd.register_fake
+def _(qkv, num_heads, dropout_p, scale, seed):
+    B, N, C3 = qkv.shape
+    return qkv.new_empty((B, N, C3 // 3)), qkv.new_empty((B, num_heads, N), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastvit::qkv_attention_bwd", mutates_args=())
+def qkv_attention_bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                      dlse: Optional[torch.Tensor], num_heads: int, dropout_p: float, scale: float,
+                      seed: Optional[torch.Tensor]) -> torch.Tensor:
+    q, k, v = _qkv_views(qkv, num_heads)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dq, dk, dv = _qkv_views(dqkv, num_heads)
+    _kernels.attention_bwd(_heads_view(dout, num_heads), q, k, v, _heads_view(out, num_heads), lse,
+                           sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed), dlse=dlse,
+                           dq=dq, dk=dk, dv=dv)
+    return dqkv
+
+
+@qkv_attention_bwd.register_fake
+def _(dout, qkv, out, lse, dlse, num_heads, dropout_p, scale, seed):
+    return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, q, k, v, dropout_p, scale, seed):
+        out, lse = torch.ops.fastvit.attention_fwd(q, k, v, dropout_p, scale, seed)
+        ctx.save_for_backward(q, k, v, out, lse, seed)
+        ctx.dropout_p, ctx.scale = dropout_p, scale
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, seed = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = torch.ops.fastvit.attention_bwd(dout, q, k, v, out, lse, dlse, ctx.dropout_p, ctx.scale, seed)
+        return dq, dk, dv, None, None, None
+
+
+class _QKVAttention(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, qkv, num_heads, dropout_p, scale, seed):
+        out, lse = torch.ops.fastvit.qkv_attention_fwd(qkv, num_heads, dropout_p, scale, seed)
+        ctx.save_for_backward(qkv, out, lse, seed)
+        ctx.num_heads, ctx.dropout_p, ctx.scale = num_heads, dropout_p, scale
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dout, dlse):
+        qkv, out, lse, seed = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dqkv = torch.ops.fastvit.qkv_attention_bwd(dout, qkv, out, lse, dlse, ctx.num_heads, ctx.dropout_p,
+                                                   ctx.scale, seed)
+        return dqkv, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points called by fastvit/ops/attention.py (arguments already validated there)
+# ----------------------------------------------------------------------------------------------
+
+
+def _autocast(*tensors):
+    """Cast to the autocast dtype when autocast is on for the tensors' device (as SDPA is)."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        tensors = tuple(t.to(dtype) if t.dtype != torch.float64 else t for t in tensors)
+    return tensors
+
+
+def _check_dtype(t: torch.Tensor, name: str) -> None:
+    if t.dtype not in _SUPPORTED:
+        raise TypeError(f"backend='triton' attention takes float16, bfloat16 or float32 {name}, got {t.dtype}; "
+                        f"use backend='sdpa' or 'eager' for {t.dtype}")
+
+
+def triton_attention(q, k, v, *, dropout_p, scale, return_lse):
+    """softmax(q k^T * scale) v on (B, H, N, D) tensors with the Triton kernels."""
+    q, k, v = _autocast(q, k, v)
+    _check_dtype(q, "q, k, v")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    out, lse = _Attention.apply(q, k, v, float(dropout_p), scale, draw_seed(dropout_p))
+    return (out, lse) if return_lse else out
+
+
+def triton_qkv_attention(qkv, num_heads, *, dropout_p, scale, return_lse):
+    """Attention on the packed (B, N, 3*H*D) qkv, result (B, N, H*D), with the Triton kernels."""
+    (qkv,) = _autocast(qkv)
+    _check_dtype(qkv, "qkv")
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    out, lse = _QKVAttention.apply(qkv, int(num_heads), float(dropout_p), scale, draw_seed(dropout_p))
+    return (out, lse) if return_lse else out
