@@ -58,7 +58,8 @@ def test_one_epoch_writes_loadable_checkpoints(tmp_path, capsys):
     assert data and stats["epoch"] == 1 and stats["steps"] == 4 and stats["images_per_s"] > 0
     assert 0.0 <= stats["test_acc"] <= 1.0 and np.isfinite(stats["train_loss"])
     err = capsys.readouterr().err
-    assert "img_s" in err and "epoch 1/1" in err  # progress bar and epoch line
+    # the epoch line; the progress bar's own refreshes depend on timing, so they are not required
+    assert "img/s" in err and "epoch 1/1" in err
 
     assert {"last.safetensors", "last.pt", "log.jsonl", "config.json"} <= set(os.listdir(out))
     state = torch.load(out / "last.pt", weights_only=True)
