@@ -20,6 +20,7 @@ import torch
 from fastvit.kernels import _configs as C
 from fastvit.kernels import linear_gelu as K
 from fastvit.profiling import compile_report as cr
+from tests._aot import check_fits
 
 ARCHS = (80, 90)
 
@@ -59,12 +60,7 @@ def test_subset_holds_every_kernel_and_gemm_tile(reports):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_no_spills_shared_memory_fits_tensor_cores(reports, arch):
     specs, reps = reports
-    mine = [r for r in reps if r.arch == arch]
-    assert len(mine) == len(specs)
-    spilled = [(r.name, r.spill_bytes) for r in mine if r.spill_bytes]
-    assert not spilled, f"sm_{arch}: register spills {spilled}"
-    too_big = [(r.name, r.shared_bytes, r.shared_limit) for r in mine if r.shared_bytes > r.shared_limit]
-    assert not too_big, f"sm_{arch}: shared memory over the limit {too_big}"
+    mine = check_fits(specs, reps, arch)
     for spec, r in zip(specs, mine):
         assert r.name == spec["name"] and r.hmma is not None and r.hgmma is not None, r.notes
         if spec["mma"]:
