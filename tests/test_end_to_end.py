@@ -116,3 +116,14 @@ def test_torch_compile_fullgraph(backend, compiler):
         expected = model(x)
         actual = compiled(x)
     assert rel_err(actual, expected) <= 1e-5
+
+
+def test_torch_export_sees_the_fused_ops():
+    model = small_model("triton", depth=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert {"fastvit.qkv_attention_fwd.default", "fastvit.linear_gelu_fwd.default"} <= targets, targets
+    x2 = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(exported.module()(x2), model(x2)) <= 1e-5
