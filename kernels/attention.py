@@ -75,6 +75,25 @@ def _dropout_keep(seed, dropout_p, bh, N_Q, N_K, rows, cols):
 
 
 @triton.jit
+def _program_block(N, BLOCK: tl.constexpr, H):
+    """This program's block start along N, its flat batch*head index and the int64 batch and
+    head offsets. Blocks vary fastest in the flat grid, so B*H is not limited to 65535 as it
+    would be on grid axis 1."""
+    num_blocks = tl.cdiv(N, BLOCK)
+    pid = tl.program_id(0)
+    pid_bh = pid // num_blocks
+    return (pid % num_blocks) * BLOCK, pid_bh, (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64)
+
+
+@triton.jit
+def _tile_ptrs(Base, off_b, off_h, start, stride_b, stride_h, stride_n, BLOCK: tl.constexpr, offs_d):
+    """Pointers to rows start .. start+BLOCK of one (batch, head) slice: an int64 scalar base
+    (B*H*N*D can pass 2^31) plus small int32 offsets within the tile."""
+    return (Base + off_b * stride_b + off_h * stride_h + start.to(tl.int64) * stride_n
+            + tl.arange(0, BLOCK)[:, None] * stride_n + offs_d[None, :])
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, Out, Lse,
     sm_scale, seed, dropout_p,
@@ -88,15 +107,8 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    # One flat grid axis, query blocks fastest: neighbouring programs share K and V in L2, and
-    # B*H is not limited to 65535 as it would be on grid axis 1.
-    num_m = tl.cdiv(N_Q, BLOCK_M)
-    pid = tl.program_id(0)
-    pid_m = pid % num_m
-    pid_bh = pid // num_m
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    start_m = pid_m * BLOCK_M
+    # Query blocks fastest in the flat grid: neighbouring programs share K and V in L2.
+    start_m, pid_bh, off_b, off_h = _program_block(N_Q, BLOCK_M, H)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -104,9 +116,7 @@ def _attn_fwd(
     mask_m = offs_m < N_Q
     mask_d = offs_d < HEAD_DIM
 
-    # int64 scalar bases (B*H*N*D can pass 2^31), small int32 offsets within a tile.
-    q_ptrs = (Q + off_b * stride_qb + off_h * stride_qh + start_m.to(tl.int64) * stride_qn
-              + tl.arange(0, BLOCK_M)[:, None] * stride_qn + offs_d[None, :])
+    q_ptrs = _tile_ptrs(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn, BLOCK_M, offs_d)
     # In the loop: a scalar pointer advanced per block plus loop-invariant int32 tile offsets,
     # rather than 64-bit pointer tiles carried (and spilled) through the pipelined loop.
     k_base = K + off_b * stride_kb + off_h * stride_kh
@@ -144,8 +154,7 @@ def _attn_fwd(
     acc = acc / l_i[:, None]
     if DROPOUT:
         acc = acc * (1.0 / (1.0 - dropout_p))
-    o_ptrs = (Out + off_b * stride_ob + off_h * stride_oh + start_m.to(tl.int64) * stride_on
-              + tl.arange(0, BLOCK_M)[:, None] * stride_on + offs_d[None, :])
+    o_ptrs = _tile_ptrs(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_on, BLOCK_M, offs_d)
     tl.store(o_ptrs, _cast(acc, Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
     # Natural log for the caller; l_i >= 1 (the row maximum contributes exp2(0)).
     lse = (m_i + tl.math.log2(l_i)) * LN2
@@ -168,21 +177,14 @@ def _attn_bwd_preprocess(
 ):
     # delta_i = sum_j P_ij dP_ij = rowsum(dO * O) (dropout included, since O = P_dropped V).
     # A gradient flowing into lse adds dLse_i * P_ij to dS_ij: folded in as delta - dLse.
-    num_m = tl.cdiv(N_Q, BLOCK_M)
-    pid = tl.program_id(0)
-    pid_m = pid % num_m
-    pid_bh = pid // num_m
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    start_m = pid_m * BLOCK_M
-    rows = tl.arange(0, BLOCK_M)
-    offs_m = start_m + rows
+    start_m, pid_bh, off_b, off_h = _program_block(N_Q, BLOCK_M, H)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(Out + off_b * stride_ob + off_h * stride_oh + start_m.to(tl.int64) * stride_on
-                + rows[:, None] * stride_on + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DOut + off_b * stride_dob + off_h * stride_doh + start_m.to(tl.int64) * stride_don
-                 + rows[:, None] * stride_don + offs_d[None, :], mask=mask, other=0.0)
+    o_ptrs = _tile_ptrs(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_on, BLOCK_M, offs_d)
+    do_ptrs = _tile_ptrs(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don, BLOCK_M, offs_d)
+    o = tl.load(o_ptrs, mask=mask, other=0.0)
+    do = tl.load(do_ptrs, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     row_ptrs = pid_bh.to(tl.int64) * N_Q + offs_m
     if HAS_DLSE:
@@ -208,13 +210,7 @@ def _attn_bwd_dkdv(
 ):
     # Works on transposed tiles (keys x queries) so that P^T and dS^T feed tl.dot without a
     # transpose of the fp32 tiles: dV += P_drop^T dO, dK += dS^T Q.
-    num_n = tl.cdiv(N_K, BLOCK_N)
-    pid = tl.program_id(0)
-    pid_n = pid % num_n
-    pid_bh = pid // num_n
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    start_n = pid_n * BLOCK_N
+    start_n, pid_bh, off_b, off_h = _program_block(N_K, BLOCK_N, H)
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -223,10 +219,10 @@ def _attn_bwd_dkdv(
     mask_d = offs_d < HEAD_DIM
     kv_mask = mask_n[:, None] & mask_d[None, :]
 
-    k = tl.load(K + off_b * stride_kb + off_h * stride_kh + start_n.to(tl.int64) * stride_kn
-                + tl.arange(0, BLOCK_N)[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + off_b * stride_vb + off_h * stride_vh + start_n.to(tl.int64) * stride_vn
-                + tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    k_ptrs = _tile_ptrs(K, off_b, off_h, start_n, stride_kb, stride_kh, stride_kn, BLOCK_N, offs_d)
+    v_ptrs = _tile_ptrs(V, off_b, off_h, start_n, stride_vb, stride_vh, stride_vn, BLOCK_N, offs_d)
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     q_base = Q + off_b * stride_qb + off_h * stride_qh
     do_base = DOut + off_b * stride_dob + off_h * stride_doh
     row_base = pid_bh.to(tl.int64) * N_Q
@@ -261,10 +257,8 @@ def _attn_bwd_dkdv(
         do_base += BLOCK_M * stride_don
 
     dk = dk * sm_scale
-    dk_ptrs = (DK + off_b * stride_dkb + off_h * stride_dkh + start_n.to(tl.int64) * stride_dkn
-               + tl.arange(0, BLOCK_N)[:, None] * stride_dkn + offs_d[None, :])
-    dv_ptrs = (DV + off_b * stride_dvb + off_h * stride_dvh + start_n.to(tl.int64) * stride_dvn
-               + tl.arange(0, BLOCK_N)[:, None] * stride_dvn + offs_d[None, :])
+    dk_ptrs = _tile_ptrs(DK, off_b, off_h, start_n, stride_dkb, stride_dkh, stride_dkn, BLOCK_N, offs_d)
+    dv_ptrs = _tile_ptrs(DV, off_b, off_h, start_n, stride_dvb, stride_dvh, stride_dvn, BLOCK_N, offs_d)
     tl.store(dk_ptrs, _cast(dk, DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptrs, _cast(dv, DV.dtype.element_ty), mask=kv_mask)
 
@@ -284,13 +278,7 @@ def _attn_bwd_dq(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    num_m = tl.cdiv(N_Q, BLOCK_M)
-    pid = tl.program_id(0)
-    pid_m = pid % num_m
-    pid_bh = pid // num_m
-    off_b = (pid_bh // H).to(tl.int64)
-    off_h = (pid_bh % H).to(tl.int64)
-    start_m = pid_m * BLOCK_M
+    start_m, pid_bh, off_b, off_h = _program_block(N_Q, BLOCK_M, H)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -299,10 +287,10 @@ def _attn_bwd_dq(
     mask_d = offs_d < HEAD_DIM
     q_mask = mask_m[:, None] & mask_d[None, :]
 
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + start_m.to(tl.int64) * stride_qn
-                + tl.arange(0, BLOCK_M)[:, None] * stride_qn + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DOut + off_b * stride_dob + off_h * stride_doh + start_m.to(tl.int64) * stride_don
-                 + tl.arange(0, BLOCK_M)[:, None] * stride_don + offs_d[None, :], mask=q_mask, other=0.0)
+    q_ptrs = _tile_ptrs(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn, BLOCK_M, offs_d)
+    do_ptrs = _tile_ptrs(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don, BLOCK_M, offs_d)
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    do = tl.load(do_ptrs, mask=q_mask, other=0.0)
     row_ptrs = pid_bh.to(tl.int64) * N_Q + offs_m
     lse2 = tl.load(Lse + row_ptrs, mask=mask_m, other=0.0) * LOG2E
     delta = tl.load(Delta + row_ptrs, mask=mask_m, other=0.0)
@@ -332,8 +320,7 @@ def _attn_bwd_dq(
         v_base += BLOCK_N * stride_vn
 
     dq = dq * sm_scale
-    dq_ptrs = (DQ + off_b * stride_dqb + off_h * stride_dqh + start_m.to(tl.int64) * stride_dqn
-               + tl.arange(0, BLOCK_M)[:, None] * stride_dqn + offs_d[None, :])
+    dq_ptrs = _tile_ptrs(DQ, off_b, off_h, start_m, stride_dqb, stride_dqh, stride_dqn, BLOCK_M, offs_d)
     tl.store(dq_ptrs, _cast(dq, DQ.dtype.element_ty), mask=q_mask)
 
 
