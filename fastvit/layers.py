@@ -137,11 +137,6 @@ def _norm(norm: nn.LayerNorm, x: torch.Tensor, backend: str) -> torch.Tensor:
 
 
 def _add_norm(norm: nn.LayerNorm, x: torch.Tensor, residual: torch.Tensor, backend: str):
-    # Under autocast a branch comes back in half precision while the residual stream stays fp32:
-    # promote as ``x + residual`` would, so the fused add sees one dtype.
-    if x.dtype != residual.dtype:
-        dtype = torch.promote_types(x.dtype, residual.dtype)
-        x, residual = x.to(dtype), residual.to(dtype)
     return ops.add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, backend=backend)
 
 
