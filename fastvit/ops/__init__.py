@@ -1,7 +1,24 @@
-"""The public functional API. Each op takes ``backend=`` ("auto", "eager", "sdpa", "triton").
+"""The public functional API: three op families, each with the same shape and the same policies.
 
-The Triton path of each op lives in ``_<op>_triton.py``: its ``torch.library.custom_op``
-registrations and ``torch.autograd.Function``; the kernels and launchers in ``fastvit.kernels``.
+Each op takes ``backend=`` ("auto", "eager", "sdpa", "triton"), resolved against its input's
+device by ``fastvit.backend.resolve_backend`` (the one place the choice is made). Each family
+is four layers: kernels + launchers (``fastvit.kernels.<op>``), custom ops + the autograd
+Function (``_<op>_triton.py``), the public function (``<op>.py``, validating every argument
+through ``_checks.py`` before anything runs), and the module (``fastvit.layers``).
+
+Policies, the same for every family:
+
+- **autocast**: the Triton path does what PyTorch's own op does under autocast, on every
+  device (the CPU under Triton's interpreter as on CUDA), by casting before the autograd
+  Function so the backward runs in exactly the forward's dtypes: ``attention`` and
+  ``linear_gelu`` run in the autocast dtype (as SDPA and F.linear do); ``layer_norm`` and
+  ``add_layer_norm`` read fp16/bf16 activations with fp32 parameters as they are and return
+  fp32 (autocast's policy for layer_norm).
+- **float64**: runs the PyTorch path on every backend (``fastvit.backend``); the kernels
+  compute in fp32.
+- **naming**: ``AttentionFunction``, ``QKVAttentionFunction``, ``LayerNormFunction``,
+  ``AddLayerNormFunction``, ``LinearGeluFunction``; custom ops ``fastvit::<op>_fwd`` and
+  ``fastvit::<op>_bwd``.
 """
 from .attention import attention, cls_attention, qkv_attention
 from .layer_norm import add_layer_norm, layer_norm

@@ -12,10 +12,9 @@ The dropout seed is a CPU int64 scalar tensor drawn from torch's default generat
 ``torch.manual_seed`` reproduces a run), passed to both ops so the backward regenerates the
 forward's mask; it is ``None`` when ``dropout_p == 0``.
 
-Autocast: like ``F.scaled_dot_product_attention``, the op runs in the autocast dtype when
-autocast is on for the inputs' device (``custom_fwd(cast_inputs=...)`` cannot do this: it takes
-one fixed dtype, and bf16 autocast would silently run fp16). The cast happens before the
-autograd Function, so gradients flow back to the caller's dtype through ``.to``.
+Autocast (the ops-wide policy, ``fastvit.ops``): like ``F.scaled_dot_product_attention``, the
+op runs in the autocast dtype when autocast is on for the inputs' device. The cast happens
+before the autograd Function, so gradients flow back to the caller's dtype through ``.to``.
 """
 from __future__ import annotations
 
@@ -25,9 +24,8 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from fastvit.kernels import attention as _kernels
-
-_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
+from ..kernels import attention as _kernels
+from ._checks import autocast_inputs
 
 
 def _seed_value(seed: Optional[torch.Tensor]) -> int:
@@ -129,9 +127,8 @@ def _(dout, qkv, out, lse, dlse, num_heads, dropout_p, scale, seed):
 # ----------------------------------------------------------------------------------------------
 
 
-class _Attention(torch.autograd.Function):
+class AttentionFunction(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, q, k, v, dropout_p, scale, seed):
         out, lse = torch.ops.fastvit.attention_fwd(q, k, v, dropout_p, scale, seed)
         ctx.save_for_backward(q, k, v, out, lse, seed)
@@ -141,7 +138,6 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, seed = ctx.saved_tensors
         if dout is None:
@@ -150,9 +146,8 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-class _QKVAttention(torch.autograd.Function):
+class QKVAttentionFunction(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, qkv, num_heads, dropout_p, scale, seed):
         out, lse = torch.ops.fastvit.qkv_attention_fwd(qkv, num_heads, dropout_p, scale, seed)
         ctx.save_for_backward(qkv, out, lse, seed)
@@ -162,7 +157,6 @@ class _QKVAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout, dlse):
         qkv, out, lse, seed = ctx.saved_tensors
         if dout is None:
@@ -177,35 +171,18 @@ class _QKVAttention(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 
-def _autocast(*tensors):
-    """Cast to the autocast dtype when autocast is on for the tensors' device (as SDPA is)."""
-    device_type = tensors[0].device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        tensors = tuple(t.to(dtype) if t.dtype != torch.float64 else t for t in tensors)
-    return tensors
-
-
-def _check_dtype(t: torch.Tensor, name: str) -> None:
-    if t.dtype not in _SUPPORTED:
-        raise TypeError(f"backend='triton' attention takes float16, bfloat16 or float32 {name}, got {t.dtype}; "
-                        f"use backend='sdpa' or 'eager' for {t.dtype}")
-
-
 def triton_attention(q, k, v, *, dropout_p, scale, return_lse):
     """softmax(q k^T * scale) v on (B, H, N, D) tensors with the Triton kernels."""
-    q, k, v = _autocast(q, k, v)
-    _check_dtype(q, "q, k, v")
+    q, k, v = autocast_inputs(q, k, v)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    out, lse = _Attention.apply(q, k, v, float(dropout_p), scale, draw_seed(dropout_p))
+    out, lse = AttentionFunction.apply(q, k, v, float(dropout_p), scale, draw_seed(dropout_p))
     return (out, lse) if return_lse else out
 
 
 def triton_qkv_attention(qkv, num_heads, *, dropout_p, scale, return_lse):
     """Attention on the packed (B, N, 3*H*D) qkv, result (B, N, H*D), with the Triton kernels."""
-    (qkv,) = _autocast(qkv)
-    _check_dtype(qkv, "qkv")
+    (qkv,) = autocast_inputs(qkv)
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    out, lse = _QKVAttention.apply(qkv, int(num_heads), float(dropout_p), scale, draw_seed(dropout_p))
+    out, lse = QKVAttentionFunction.apply(qkv, int(num_heads), float(dropout_p), scale, draw_seed(dropout_p))
     return (out, lse) if return_lse else out

@@ -1,9 +1,20 @@
-"""Argument checks shared by the ops: every bad input is refused here, before any launch."""
+"""The one validation layer of the ops: every bad input is refused here, before any launch.
+
+Limits and dtype sets are defined once here and read by the three op families; the launchers
+in ``fastvit.kernels`` keep only cheap invariant checks (tests hold the two in agreement).
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# What the kernels compute in; float64 never reaches them (fastvit.backend's float64 rule).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256            # attention: q/k/v tiles held in registers, split in chunks
+MAX_LAYER_NORM_WIDTH = 16384  # layer_norm: one row per program, held whole
+GELU_APPROXIMATIONS = ("none", "tanh")
 
 
 def check_tensor(t, name: str, *, ndim: int | None = None, min_ndim: int | None = None,
@@ -29,10 +40,32 @@ def check_same(tensors: dict, what: str) -> None:
             raise ValueError(f"{name} has {what} {value} but {first_name} has {what} {first}; they must match")
 
 
+def check_params(tensors: dict) -> None:
+    """Activations and parameters on one device, and of one dtype unless autocast mixes them
+    (fp16/bf16 activations with fp32 parameters, which the ops accept as F.linear does)."""
+    first = next(t for t in tensors.values() if t is not None)
+    if not autocasting(first.device):
+        check_same(tensors, "dtype")
+    check_same(tensors, "device")
+
+
+def check_positive_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
 def check_dropout(p, name: str = "dropout_p") -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) < 1.0:
         raise ValueError(f"{name} must be a float in [0, 1), got {p!r}")
     return float(p)
+
+
+def check_scale(scale, name: str = "scale") -> float | None:
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise ValueError(f"{name} must be a finite float or None, got {scale!r}")
+    return None if scale is None else float(scale)
 
 
 def check_eps(eps, name: str = "eps") -> float:
@@ -42,15 +75,32 @@ def check_eps(eps, name: str = "eps") -> float:
 
 
 def check_approximate(approximate) -> str:
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh' (as in F.gelu), got {approximate!r}")
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"approximate must be one of {', '.join(map(repr, GELU_APPROXIMATIONS))}, "
+                         f"got {approximate!r}")
     return approximate
 
 
+def check_kernel_limit(value: int, limit: int, what: str) -> None:
+    """A size the Triton kernels cannot take; raised for backend 'triton' only."""
+    if value > limit:
+        raise ValueError(f"backend='triton' supports {what} up to {limit}, got {value}; "
+                         f"use backend='sdpa' or 'eager' for it")
+
+
 def autocasting(device: torch.device) -> bool:
-    """Whether autocast is on for ``device``: then fp16/bf16 activations meet fp32 parameters,
-    which the ops accept as F.linear and F.layer_norm do."""
+    """Whether autocast is on for ``device``."""
     try:
         return torch.is_autocast_enabled(device.type)
     except RuntimeError:  # device types autocast does not know (meta)
         return False
+
+
+def autocast_inputs(*tensors):
+    """The tensors cast to the autocast dtype of their device when autocast is on there, as
+    autocast casts the inputs of F.linear and SDPA (float64 and None are left alone)."""
+    device = next(t for t in tensors if t is not None).device
+    if not autocasting(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type)
+    return tuple(t.to(dtype) if t is not None and t.dtype != torch.float64 else t for t in tensors)

@@ -2,13 +2,11 @@
 ``fastvit.kernels.layer_norm`` (with fake implementations, so ``torch.compile`` and
 ``torch.export`` see shapes without running a kernel), and the autograd Functions over them.
 
-Autocast: PyTorch's CUDA autocast runs layer_norm in fp32 and returns fp32. We do the same on
-every device (the interpreter stands in for a GPU) without copying anything: the kernels read
-fp16/bf16 activations and fp32 parameters as they are, compute in fp32 anyway, and only the
-output dtype changes. ``h`` of ``add_layer_norm`` is ``x + residual`` in their promoted dtype, as
-the unfused add gives under autocast.
-
-float64 inputs go to PyTorch: the kernels compute in fp32 and would silently lose precision.
+Autocast (the ops-wide policy, ``fastvit.ops``): autocast runs layer_norm in fp32 and returns
+fp32. We do the same on every device without copying anything: the kernels read fp16/bf16
+activations and fp32 parameters as they are, compute in fp32 anyway, and only the output dtype
+changes. ``h`` of ``add_layer_norm`` is ``x + residual`` in their promoted dtype, as the unfused
+add gives under autocast.
 """
 from __future__ import annotations
 
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import layer_norm as _k
+from ._checks import autocasting
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +80,6 @@ def _(dy, x, weight, mean, rstd, dh, bias_dtype):
 
 class LayerNormFunction(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, eps, out_dtype):
         y, mean, rstd = torch.ops.fastvit.layer_norm_fwd(x, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x, weight, mean, rstd)
@@ -89,7 +87,6 @@ class LayerNormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
         dx, dw, db = torch.ops.fastvit.layer_norm_bwd(dy, x, weight, mean, rstd, None, ctx.bias_dtype)
@@ -98,7 +95,6 @@ class LayerNormFunction(torch.autograd.Function):
 
 class AddLayerNormFunction(torch.autograd.Function):
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, residual, weight, bias, eps, out_dtype):
         h, y, mean, rstd = torch.ops.fastvit.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype)
         # LayerNorm's backward needs its input: h, which we return anyway (x and residual are
@@ -112,7 +108,6 @@ class AddLayerNormFunction(torch.autograd.Function):
         return h, y
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dh, dy):
         h, weight, mean, rstd = ctx.saved_tensors
         dw = db = None
@@ -134,29 +129,16 @@ class AddLayerNormFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 def _out_dtype(x: Tensor) -> Optional[torch.dtype]:
-    """fp32 under autocast (CUDA autocast's policy for layer_norm), else the input's dtype."""
-    try:
-        autocast = torch.is_autocast_enabled(x.device.type)
-    except RuntimeError:  # a device type autocast does not know
-        autocast = False
-    return torch.float32 if autocast else None
-
-
-def _any_float64(*tensors) -> bool:
-    return any(t is not None and t.dtype == torch.float64 for t in tensors)
+    """fp32 under autocast (autocast's policy for layer_norm), else the input's dtype."""
+    return torch.float32 if autocasting(x.device) else None
 
 
 def triton_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
     """``F.layer_norm(x, (x.shape[-1],), weight, bias, eps)`` with the Triton kernels."""
-    if _any_float64(x, weight, bias):
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     return LayerNormFunction.apply(x, weight, bias, eps, _out_dtype(x))
 
 
 def triton_add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                           eps: float) -> tuple[Tensor, Tensor]:
     """``(h, F.layer_norm(h, ...))`` with ``h = x + residual``, one pass over memory."""
-    if _any_float64(x, residual, weight, bias):
-        h = x + residual
-        return h, F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
     return AddLayerNormFunction.apply(x, residual, weight, bias, eps, _out_dtype(x))

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from ..kernels import linear_gelu as _k
+from ._checks import autocast_inputs
 
 
 @torch.library.custom_op("fastvit::linear_gelu_fwd", mutates_args=())
@@ -47,62 +48,37 @@ def _(dy, pre, approximate, bias_grad):
     return dy.new_empty(dy.shape), dy.new_empty((dy.shape[1],) if bias_grad else (0,))
 
 
-def _make_function(device_type: str):
-    # custom_fwd/custom_bwd make the backward run under the autocast state of the forward.
-    # triton_linear_gelu below has already cast the inputs to the autocast dtype and disabled
-    # autocast around apply(), so both passes run in exactly the dtype of the saved tensors.
-    class LinearGelu(torch.autograd.Function):
-        @staticmethod
-        @torch.amp.custom_fwd(device_type=device_type)
-        def forward(ctx, x, weight, bias, approximate, needs_grad):
-            # a view whenever x's strides allow (the GEMM takes any strides); M spelled out
-            # because reshape(-1, 0) is ambiguous
-            x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-            y, pre = torch.ops.fastvit.linear_gelu_fwd(x2, weight, bias, approximate, needs_grad)
-            if needs_grad:
-                ctx.save_for_backward(x2, weight, pre)
-            ctx.approximate = approximate
-            ctx.has_bias = bias is not None
-            ctx.x_shape = x.shape
-            return y.reshape(*x.shape[:-1], weight.shape[0])
+class LinearGeluFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, approximate, needs_grad):
+        # a view whenever x's strides allow (the GEMM takes any strides); M spelled out
+        # because reshape(-1, 0) is ambiguous
+        x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+        y, pre = torch.ops.fastvit.linear_gelu_fwd(x2, weight, bias, approximate, needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(x2, weight, pre)
+        ctx.approximate = approximate
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        return y.reshape(*x.shape[:-1], weight.shape[0])
 
-        @staticmethod
-        @torch.amp.custom_bwd(device_type=device_type)
-        def backward(ctx, dy):
-            x2, weight, pre = ctx.saved_tensors
-            need_x, need_w, need_b = ctx.needs_input_grad[:3]
-            bias_grad = bool(ctx.has_bias and need_b)
-            dpre, dbias = torch.ops.fastvit.linear_gelu_bwd(dy.reshape(pre.shape), pre,
-                                                            ctx.approximate, bias_grad)
-            dx = torch.matmul(dpre, weight).reshape(ctx.x_shape) if need_x else None
-            dw = torch.matmul(dpre.t(), x2) if need_w else None
-            return dx, dw, (dbias if bias_grad else None), None, None
-
-    LinearGelu.__name__ = LinearGelu.__qualname__ = f"LinearGelu_{device_type}"
-    return LinearGelu
-
-
-_FUNCTIONS = {"cuda": _make_function("cuda"), "cpu": _make_function("cpu")}
-
-
-def _apply(x, weight, bias, approximate):
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias))
-    fn = _FUNCTIONS.get(x.device.type, _FUNCTIONS["cuda"])
-    return fn.apply(x, weight, bias, approximate, needs_grad)
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, pre = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        bias_grad = bool(ctx.has_bias and need_b)
+        dpre, dbias = torch.ops.fastvit.linear_gelu_bwd(dy.reshape(pre.shape), pre, ctx.approximate, bias_grad)
+        dx = torch.matmul(dpre, weight).reshape(ctx.x_shape) if need_x else None
+        dw = torch.matmul(dpre.t(), x2) if need_w else None
+        return dx, dw, (dbias if bias_grad else None), None, None
 
 
 def triton_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                        approximate: str) -> torch.Tensor:
     """GELU(x @ weight^T + bias) on fastvit's kernels; arguments already validated by
     ``fastvit.ops.linear_gelu``. Under autocast the linear runs in the autocast dtype, as
-    F.linear does (GELU then keeps that dtype, as F.gelu does)."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        # autocast's rule: floating tensors other than float64 are cast
-        x, weight, bias = (t.to(dtype) if t is not None and t.dtype != torch.float64 else t
-                           for t in (x, weight, bias))
-        with torch.autocast(device_type, enabled=False):
-            return _apply(x, weight, bias, approximate)
-    return _apply(x, weight, bias, approximate)
+    F.linear does (GELU then keeps that dtype, as F.gelu does): the ops-wide policy."""
+    x, weight, bias = autocast_inputs(x, weight, bias)
+    # The pre-activation is stored only when a gradient will be asked for.
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return LinearGeluFunction.apply(x, weight, bias, approximate, needs_grad)

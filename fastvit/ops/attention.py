@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 from .. import reference
 from ..backend import resolve_backend
-from ._checks import check_dropout, check_same, check_tensor
-
-MAX_HEAD_DIM = 256
+from ._checks import (MAX_HEAD_DIM, check_dropout, check_kernel_limit, check_positive_int, check_same,
+                      check_scale, check_tensor)
 
 
 def _check_qkv(q, k, v, dropout_p, scale):
@@ -31,15 +30,7 @@ def _check_qkv(q, k, v, dropout_p, scale):
         raise ValueError(f"head_dim must be at least 1, got q of shape {tuple(q.shape)}")
     if k.shape[2] < 1:
         raise ValueError(f"k and v need at least one token, got shape {tuple(k.shape)}")
-    dropout_p = check_dropout(dropout_p)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite float or None, got {scale!r}")
-    return dropout_p
-
-
-def _check_triton_head_dim(head_dim: int) -> None:
-    if head_dim > MAX_HEAD_DIM:
-        raise ValueError(f"backend='triton' supports head_dim up to {MAX_HEAD_DIM}, got {head_dim}")
+    return check_dropout(dropout_p), check_scale(scale)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float = 0.0,
@@ -51,10 +42,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: f
     ``(out, lse)`` where ``lse`` (B, H, Nq) is the fp32 natural-log logsumexp of each score row,
     which ``cls_attention`` turns back into an exact attention row.
     """
-    dropout_p = _check_qkv(q, k, v, dropout_p, scale)
-    backend = resolve_backend(backend, q.device)
+    dropout_p, scale = _check_qkv(q, k, v, dropout_p, scale)
+    backend = resolve_backend(backend, q.device, q.dtype)
     if backend == "triton":
-        _check_triton_head_dim(q.shape[-1])
+        check_kernel_limit(q.shape[-1], MAX_HEAD_DIM, "head_dim")
         from ._attention_triton import triton_attention
         return triton_attention(q, k, v, dropout_p=dropout_p, scale=scale, return_lse=return_lse)
     if backend == "sdpa":
@@ -74,17 +65,16 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, *, dropout_p: float = 0.0, 
     returns (B, N, H*D), ready for the ``proj`` Linear (and lse (B, H, N) with ``return_lse``).
     """
     check_tensor(qkv, "qkv", ndim=3)
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    check_positive_int(num_heads, "num_heads")
     B, N, C3 = qkv.shape
     if C3 % (3 * num_heads):
         raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with num_heads={num_heads}")
     D = C3 // (3 * num_heads)
     q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)
-    dropout_p = _check_qkv(q, k, v, dropout_p, scale)
-    backend = resolve_backend(backend, qkv.device)
+    dropout_p, scale = _check_qkv(q, k, v, dropout_p, scale)
+    backend = resolve_backend(backend, qkv.device, qkv.dtype)
     if backend == "triton":
-        _check_triton_head_dim(D)
+        check_kernel_limit(D, MAX_HEAD_DIM, "head_dim")
         from ._attention_triton import triton_qkv_attention
         return triton_qkv_attention(qkv, num_heads, dropout_p=dropout_p, scale=scale, return_lse=return_lse)
     res = attention(q, k, v, dropout_p=dropout_p, scale=scale, backend=backend, return_lse=return_lse)

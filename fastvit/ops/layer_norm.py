@@ -5,14 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import resolve_backend
-from ._checks import autocasting, check_eps, check_same, check_tensor
-
-MAX_WIDTH = 16384
+from ._checks import MAX_LAYER_NORM_WIDTH, check_eps, check_kernel_limit, check_params, check_tensor
 
 
 def _check_ln(x, weight, bias, eps, extra: dict | None = None):
     check_tensor(x, "x", min_ndim=1)
-    tensors = {"x": x, **(extra or {})}
     width = x.shape[-1]
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
@@ -20,20 +17,22 @@ def _check_ln(x, weight, bias, eps, extra: dict | None = None):
         check_tensor(t, name, ndim=1)
         if t.shape[0] != width:
             raise ValueError(f"{name} must have shape ({width},) to match the last dimension of x, got {tuple(t.shape)}")
-        tensors[name] = t
-    if not autocasting(x.device):
-        check_same(tensors, "dtype")
-    check_same(tensors, "device")
+    check_params({"x": x, **(extra or {}), "weight": weight, "bias": bias})
     return check_eps(eps)
+
+
+def _use_triton(x: torch.Tensor, backend: str) -> bool:
+    if resolve_backend(backend, x.device, x.dtype) != "triton":
+        return False
+    check_kernel_limit(x.shape[-1], MAX_LAYER_NORM_WIDTH, "LayerNorm widths (x.shape[-1])")
+    return True
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                eps: float = 1e-5, backend: str = "auto") -> torch.Tensor:
     """``F.layer_norm(x, (x.shape[-1],), weight, bias, eps)``; weight and bias optional."""
     eps = _check_ln(x, weight, bias, eps)
-    if resolve_backend(backend, x.device) == "triton":
-        if x.shape[-1] > MAX_WIDTH:
-            raise ValueError(f"backend='triton' supports widths up to {MAX_WIDTH}, got x.shape[-1] = {x.shape[-1]}")
+    if _use_triton(x, backend):
         from ._layer_norm_triton import triton_layer_norm
         return triton_layer_norm(x, weight, bias, eps)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
@@ -42,14 +41,13 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None, eps: float = 1e-5,
                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h, layer_norm(h))`` with ``h = x + residual``, one pass over memory on ``triton``."""
+    """``(h, layer_norm(h))`` with ``h = x + residual``, one pass over memory on ``triton``
+    (on ``eager`` and ``sdpa`` an add and ``F.layer_norm``)."""
     check_tensor(residual, "residual", min_ndim=1)
     eps = _check_ln(x, weight, bias, eps, extra={"residual": residual})
     if residual.shape != x.shape:
         raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
-    if resolve_backend(backend, x.device) == "triton":
-        if x.shape[-1] > MAX_WIDTH:
-            raise ValueError(f"backend='triton' supports widths up to {MAX_WIDTH}, got x.shape[-1] = {x.shape[-1]}")
+    if _use_triton(x, backend):
         from ._layer_norm_triton import triton_add_layer_norm
         return triton_add_layer_norm(x, residual, weight, bias, eps)
     h = x + residual

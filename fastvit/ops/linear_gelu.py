@@ -5,15 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import resolve_backend
-from ._checks import autocasting, check_approximate, check_same, check_tensor
+from ._checks import check_approximate, check_params, check_tensor
 
 
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 approximate: str = "none", backend: str = "auto") -> torch.Tensor:
-    """``F.gelu(F.linear(x, weight, bias), approximate=approximate)`` for x of any leading shape."""
+    """``F.gelu(F.linear(x, weight, bias), approximate=approximate)`` for x of any leading shape
+    (on ``eager`` and ``sdpa`` exactly those two PyTorch ops)."""
     check_tensor(x, "x", min_ndim=1)
     check_tensor(weight, "weight", ndim=2)
-    tensors = {"x": x, "weight": weight}
     if weight.shape[1] != x.shape[-1]:
         raise ValueError(f"weight must have shape (out_features, {x.shape[-1]}) to match the last dimension of x, "
                          f"got {tuple(weight.shape)}")
@@ -21,12 +21,9 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         check_tensor(bias, "bias", ndim=1)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},) = (out_features,), got {tuple(bias.shape)}")
-        tensors["bias"] = bias
-    if not autocasting(x.device):
-        check_same(tensors, "dtype")
-    check_same(tensors, "device")
+    check_params({"x": x, "weight": weight, "bias": bias})
     approximate = check_approximate(approximate)
-    if resolve_backend(backend, x.device) == "triton":
+    if resolve_backend(backend, x.device, x.dtype) == "triton":
         from ._linear_gelu_triton import triton_linear_gelu
         return triton_linear_gelu(x, weight, bias, approximate)
     return F.gelu(F.linear(x, weight, bias), approximate=approximate)
