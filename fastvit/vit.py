@@ -10,8 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from . import ops as _ops
+from . import reference
+
 from .backend import check_backend, resolve_backend
-from .layers import Block, PatchEmbed, _add_norm, _pair
+from .layers import Block, LayerNorm, PatchEmbed, pair, probe_attention, set_backend
 
 LN_EPS = 1e-6  # timm's and torchvision's ViT LayerNorm eps
 
@@ -43,14 +46,15 @@ class FastViT(nn.Module):
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                  attn_drop=attn_drop_rate, drop_path=dpr[i], gelu_approximate=gelu_approximate, eps=LN_EPS)
+                  attn_drop=attn_drop_rate, drop_path=dpr[i], gelu_approximate=gelu_approximate, eps=LN_EPS,
+                  backend=backend)
             for i in range(depth)
         ])
         # timm puts the final norm after pooling (``fc_norm``) for average pooling; we follow it so
         # its checkpoints load unchanged.
         use_fc_norm = global_pool == "avg"
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=LN_EPS)
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if use_fc_norm else nn.Identity()
+        self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim, eps=LN_EPS, backend=backend)
+        self.fc_norm = LayerNorm(embed_dim, eps=LN_EPS, backend=backend) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
@@ -85,8 +89,8 @@ class FastViT(nn.Module):
         return self.patch_embed.img_size
 
     def set_backend(self, backend: str) -> "FastViT":
-        self.backend = check_backend(backend)
-        return self
+        """Set the backend of the model and of every submodule."""
+        return set_backend(self, backend)
 
     def set_grad_checkpointing(self, enable: bool = True) -> "FastViT":
         """Recompute each block in the backward instead of keeping its activations (timm's name)."""
@@ -95,7 +99,7 @@ class FastViT(nn.Module):
 
     def set_img_size(self, img_size) -> "FastViT":
         """Resample the position embeddings for good to a new native image size."""
-        img_size = _pair(img_size)
+        img_size = pair(img_size)
         _check_divisible(img_size, self.patch_size, "img_size")
         new_grid = (img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1])
         with torch.no_grad():
@@ -129,28 +133,19 @@ class FastViT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, C, H, W) -> normalised tokens (B, 1 + H/P * W/P, D)."""
         self.check_input(x)
-        backend = resolve_backend(self.backend, x.device)
-        if backend == "triton":
-            # no local name for the embedding: the first block's output replaces it in memory
-            return self._blocks_pending(self._embed(x), backend)
-        x = self._embed(x)
+        # Every residual add rides in the LayerNorm after it (Block's docstring); the embedding
+        # gets no local name, so the first block's output replaces it in memory.
+        x, pending = self._embed(x), None
         for blk in self.blocks:
-            x = self._run(blk, x, backend)
-        return self.norm(x)
-
-    def _blocks_pending(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        # Every residual add rides in the LayerNorm after it: one memory pass instead of two.
-        pending = None
-        for blk in self.blocks:
-            x, pending = self._run(blk, x, backend, pending, True)
-        if isinstance(self.norm, nn.LayerNorm):
-            return _add_norm(self.norm, x, pending, backend)[1]
+            x, pending = self._run(blk, x, pending)
+        if isinstance(self.norm, LayerNorm):
+            return self.norm.forward_add(x, pending)[1]
         return x + pending
 
-    def _run(self, fn, *args):
+    def _run(self, blk: Block, x: torch.Tensor, pending: torch.Tensor | None):
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+            return checkpoint(blk, x, pending, use_reentrant=False)
+        return blk(x, pending)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
@@ -167,12 +162,14 @@ class FastViT(nn.Module):
 
         ``maps[l, b, h, j]`` is the softmax weight the CLS query of layer ``l``, head ``h`` gives
         token ``j`` (0 is the CLS token itself, then the patches row by row); each row sums to 1.
-        Rebuilt from each attention call's logsumexp (``ops.qkv_attention(return_lse=True)`` then
-        ``ops.cls_attention``), so on the ``triton`` backend no N x N matrix ever exists.
-        Eval semantics (no dropout) and no gradients, whatever the model's mode, which is kept.
-        Render with ``fastvit.viz.overlay``.
+        Rebuilt from each attention call's logsumexp (``ops.cls_attention``), so on the
+        ``triton`` backend no N x N matrix ever exists. Eval semantics (no dropout) and no
+        gradients, whatever the model's mode, which is kept. Render with ``fastvit.viz.overlay``.
         """
-        return torch.stack(self._attention_trace(x, full=False))
+        def cls_row(attn, qkv, lse):
+            q, k, _ = attn.split_qkv(qkv)
+            return _ops.cls_attention(q, k, lse, attn.scale)
+        return torch.stack(self._probe_forward(x, cls_row))
 
     @torch.no_grad()
     def attention_matrices(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,40 +179,31 @@ class FastViT(nn.Module):
         depth * B * heads * N^2 (180 MB for vit_base_patch16_224 at batch 8), so this is for small
         inputs. ``attention_maps`` gives the CLS rows on every backend.
         """
-        return torch.stack(self._attention_trace(x, full=True))
-
-    def _attention_trace(self, x: torch.Tensor, full: bool) -> list[torch.Tensor]:
-        # The standard block math (x + attn, then + mlp) through the same ops the forward uses;
-        # the triton forward folds the adds into the next LayerNorm, which gives the same inputs.
-        from . import reference
-        from . import ops
-        from .layers import _norm
         self.check_input(x)
-        backend = resolve_backend(self.backend, x.device)
-        if full and backend != "eager":
+        backend = resolve_backend(self.backend, x.device, x.dtype)
+        if backend != "eager":
             raise RuntimeError(
                 f"attention_matrices needs the full N x N attention matrices, which only the 'eager' backend "
                 f"materialises (this model resolves to {backend!r}); call model.set_backend('eager') first, "
                 f"or use attention_maps(x) for the CLS rows on any backend")
+
+        def full(attn, qkv, lse):
+            q, k, _ = attn.split_qkv(qkv)
+            return reference.attention_probs(q.float(), k.float(), attn.scale)
+        return torch.stack(self._probe_forward(x, full))
+
+    def _probe_forward(self, x: torch.Tensor, row_fn) -> list[torch.Tensor]:
+        # The model's own forward, in eval mode, with every Attention handing its qkv and lse
+        # to ``row_fn``: the maps come from the very computation the model does.
+        rows: list[torch.Tensor] = []
         was_training = self.training
         self.eval()
         try:
-            out_maps = []
-            x = self._embed(x)
-            for blk in self.blocks:
-                attn = blk.attn
-                qkv = attn.qkv(_norm(blk.norm1, x, backend))
-                out, lse = ops.qkv_attention(qkv, attn.num_heads, scale=attn.scale, backend=backend,
-                                             return_lse=True)
-                B, N, _ = qkv.shape
-                q, k, _ = qkv.view(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-                out_maps.append(reference.attention_probs(q.float(), k.float(), attn.scale) if full
-                                else ops.cls_attention(q, k, lse, attn.scale))
-                x = x + attn.proj(out)
-                x = x + blk.mlp(_norm(blk.norm2, x, backend), backend)
-            return out_maps
+            with probe_attention(self, lambda attn, qkv, lse: rows.append(row_fn(attn, qkv, lse))):
+                self.forward_features(x)
         finally:
             self.train(was_training)
+        return rows
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -251,7 +239,7 @@ def _check_config(*, img_size, patch_size, in_chans, num_classes, embed_dim, dep
         raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
     if not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
-    _check_divisible(_pair(img_size), _pair(patch_size), "img_size")
+    _check_divisible(pair(img_size), pair(patch_size), "img_size")
     if global_pool not in ("token", "avg"):
         raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
     if gelu_approximate not in ("none", "tanh"):
@@ -315,8 +303,8 @@ def create_model(name: str, **overrides) -> FastViT:
 def count_params(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  mlp_ratio=4.0, qkv_bias=True, global_pool="token", **_ignored) -> int:
     """Parameter count from the architecture's formula, independent of any module."""
-    h, w = _pair(img_size)
-    ph, pw = _pair(patch_size)
+    h, w = pair(img_size)
+    ph, pw = pair(patch_size)
     d = embed_dim
     hidden = int(d * mlp_ratio)
     tokens = (h // ph) * (w // pw) + 1
