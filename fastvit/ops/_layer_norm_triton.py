@@ -139,6 +139,8 @@ def triton_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
 
 
 def triton_add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                          eps: float) -> tuple[Tensor, Tensor]:
-    """``(h, F.layer_norm(h, ...))`` with ``h = x + residual``, one pass over memory."""
+                          eps: float, residual_scale: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """``(h, F.layer_norm(h, ...))`` with ``h = x + residual_scale * residual``, one pass over memory."""
+    if residual_scale is not None:  # TODO(kernel): the scale moves into the add kernel (issue 11)
+        residual = residual * residual_scale
     return AddLayerNormFunction.apply(x, residual, weight, bias, eps, _out_dtype(x))

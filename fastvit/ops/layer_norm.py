@@ -39,16 +39,24 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
 
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None,
-                   bias: torch.Tensor | None = None, eps: float = 1e-5,
-                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h, layer_norm(h))`` with ``h = x + residual``, one pass over memory on ``triton``
-    (on ``eager`` and ``sdpa`` an add and ``F.layer_norm``)."""
+                   bias: torch.Tensor | None = None, eps: float = 1e-5, backend: str = "auto", *,
+                   residual_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, layer_norm(h))`` with ``h = x + residual`` (``x + residual_scale * residual`` with a
+    (width,) ``residual_scale``: timm's layer scale ``gamma``), one pass over memory on
+    ``triton`` (on ``eager`` and ``sdpa`` a multiply, an add and ``F.layer_norm``)."""
     check_tensor(residual, "residual", min_ndim=1)
-    eps = _check_ln(x, weight, bias, eps, extra={"residual": residual})
+    extra = {"residual": residual}
+    if residual_scale is not None:
+        check_tensor(residual_scale, "residual_scale", ndim=1)
+        if residual_scale.shape[0] != x.shape[-1]:
+            raise ValueError(f"residual_scale must have shape ({x.shape[-1]},) to match the last dimension of x, "
+                             f"got {tuple(residual_scale.shape)}")
+        extra["residual_scale"] = residual_scale
+    eps = _check_ln(x, weight, bias, eps, extra=extra)
     if residual.shape != x.shape:
         raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
     if _use_triton(x, backend):
         from ._layer_norm_triton import triton_add_layer_norm
-        return triton_add_layer_norm(x, residual, weight, bias, eps)
-    h = x + residual
+        return triton_add_layer_norm(x, residual, weight, bias, eps, residual_scale)
+    h = x + (residual if residual_scale is None else residual * residual_scale)
     return h, F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
