@@ -6,14 +6,16 @@ embeddings), linear warmup then cosine decay per step, label smoothing 0.1, rand
 (4 px zero padding) and horizontal flip; RandAugment, MixUp and CutMix on request.
 
 Data: the CIFAR-10 "python version" batches (data_batch_1 .. data_batch_5, test_batch) in a
-local folder (``--data``; its ``cifar-10-batches-py`` subfolder is found too). Nothing is
-downloaded.
+local folder (``--data``, default ``data``; its ``cifar-10-batches-py`` subfolder is found too,
+so ``tar -xzf cifar-10-python.tar.gz -C data`` is all the setup). Nothing is downloaded;
+``--synthetic N`` trains on N random images made in memory instead (a smoke test).
 
-    python examples/train_cifar10.py --data ~/data/cifar10 --out runs/vit_small
-    python examples/train_cifar10.py --data ~/data/cifar10 --out runs/vit_small --resume runs/vit_small
-    torchrun --nproc_per_node=4 examples/train_cifar10.py --data ~/data/cifar10 --out runs/ddp
+    python examples/train_cifar10.py --synthetic 256 --epochs 1 --depth 2 --embed-dim 64 --num-heads 2
+    python examples/train_cifar10.py --data data --out runs/vit_small
+    python examples/train_cifar10.py --data data --out runs/vit_small --resume runs/vit_small
+    torchrun --nproc_per_node=4 examples/train_cifar10.py --data data --out runs/ddp
 
-Under torchrun (WORLD_SIZE > 1) each process takes one GPU (LOCAL_RANK) and ``--batch-size``
+Under torchrun (WORLD_SIZE > 1) each process takes one GPU (cuda:LOCAL_RANK) and ``--batch-size``
 images per step, so the global batch is WORLD_SIZE x --batch-size; only rank 0 prints and saves.
 
 Each epoch writes ``last.safetensors`` (model weights, loadable with fastvit.load_checkpoint), and
@@ -21,14 +23,16 @@ Each epoch writes ``last.safetensors`` (model weights, loadable with fastvit.loa
 ``torch.load(weights_only=True)``), ``best.safetensors`` when the test accuracy improves, and a
 line of ``log.jsonl``. ``--resume`` continues to the same weights, bit for bit, as a run that was
 never interrupted (same world size and device; on GPUs add ``--deterministic``).
+
+Bad arguments give one line on stderr and exit status 2, like the ``fastvit`` command.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -37,42 +41,63 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import fastvit
+from _train_utils import (CIFAR10, IMG_SIZE, NUM_CLASSES, Progress, UsageError, env_int, load_cifar10, mix_batch,
+                          normalize, resolve_resume, rng_state, save_checkpoint, save_weights, select_device,
+                          set_rng_state, soft_cross_entropy, synthetic_cifar10)
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-TEST_FILE = "test_batch"
-NUM_CLASSES = 10
+PROG = "train_cifar10.py"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a fastvit ViT on CIFAR-10.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="data/cifar10", help="folder with the CIFAR-10 python batches")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage block too: one line is enough
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" once: not to flags (off unless given), not to None (the help
+    says what happens then), not where the help already names its default."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train a fastvit ViT on CIFAR-10.", formatter_class=_HelpFormatter)
+    p.add_argument("--data", default="data", help="folder with the CIFAR-10 python batches, or its parent "
+                   "(what `tar -xzf cifar-10-python.tar.gz -C data` makes)")
+    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+                   help="instead of --data: N random CIFAR-shaped training images (and N/5 test images) "
+                        "made in memory from --seed; a smoke test that needs no data set")
     p.add_argument("--out", default="runs/cifar10", help="folder for checkpoints and the log")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue from a checkpoint: its last.pt, or the folder holding it")
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="vit_cifar_small", choices=fastvit.list_models())
-    m.add_argument("--backend", default="auto", choices=fastvit.BACKENDS)
+    m.add_argument("--model", default="vit_cifar_small",
+                   help=f"registered variant, trained at 32 px: {', '.join(fastvit.list_models())}")
+    m.add_argument("--backend", default="auto", choices=fastvit.BACKENDS,
+                   help="auto: triton where its kernels run (CUDA capability >= 8.0), else sdpa")
     m.add_argument("--depth", type=int, default=None, help="override the variant's depth")
     m.add_argument("--embed-dim", type=int, default=None, help="override the variant's width")
     m.add_argument("--num-heads", type=int, default=None, help="override the variant's head count")
-    m.add_argument("--patch-size", type=int, default=None, help="override the variant's patch size")
+    m.add_argument("--patch-size", type=int, default=None, help="override the variant's patch size (divides 32)")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout after embeddings, projections and MLPs")
     m.add_argument("--attn-dropout", type=float, default=0.0, help="dropout on attention probabilities")
     m.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of the last block")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=200)
+    o.add_argument("--epochs", type=int, default=200, help="epochs of the learning-rate schedule")
     o.add_argument("--batch-size", type=int, default=128, help="images per step and process")
     o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     o.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
-    o.add_argument("--weight-decay", type=float, default=0.05)
-    o.add_argument("--warmup-epochs", type=float, default=5.0)
-    o.add_argument("--label-smoothing", type=float, default=0.1)
+    o.add_argument("--weight-decay", type=float, default=0.05,
+                   help="AdamW weight decay (not on biases, norms, position embeddings, CLS token)")
+    o.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warmup before the cosine decay")
+    o.add_argument("--label-smoothing", type=float, default=0.1, help="weight of the uniform target")
     o.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     o.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     a = p.add_argument_group("augmentation")
@@ -82,9 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.add_argument("--mix-prob", type=float, default=1.0, help="probability of mixing a batch")
     a.add_argument("--switch-prob", type=float, default=0.5, help="with both on: probability of CutMix")
     r = p.add_argument_group("run")
-    r.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available)")
+    r.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
     r.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seeds weights, augmentation, dropout and --synthetic")
     r.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (bitwise resume on GPUs)")
     r.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs in total, as if interrupted (time-limited jobs; --resume continues)")
@@ -92,121 +118,65 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--limit-eval-batches", type=int, default=None, help="test batches per evaluation")
     r.add_argument("--log-interval", type=int, default=10, help="steps between progress-bar updates")
     r.add_argument("--no-progress", action="store_true", help="no progress bar, only one line per epoch")
-    args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "log_interval"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("limit_train_batches", "limit_eval_batches", "stop_after"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if min(args.mixup, args.cutmix) < 0 or not 0 <= args.mix_prob <= 1 or not 0 <= args.switch_prob <= 1:
-        p.error("--mixup and --cutmix must be >= 0, --mix-prob and --switch-prob in [0, 1]")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(args, parser)
     return args
 
 
-# -- data ----------------------------------------------------------------------------------------
-class DataNotFound(Exception):
-    pass
+def check_args(args, parser) -> None:
+    """Everything that can be checked before touching data or devices, each as one clear line."""
+    # each condition states what must hold, so NaN (false in every comparison) is refused too
+    def need(ok: bool, name: str, expected: str) -> None:
+        if not ok:
+            parser.error(f"--{name.replace('_', '-')}: expected {expected}, got {getattr(args, name)!r}")
 
+    for name in ("epochs", "batch_size", "log_interval"):
+        need(getattr(args, name) >= 1, name, "an integer >= 1")
+    for name in ("limit_train_batches", "limit_eval_batches", "stop_after", "synthetic",
+                 "depth", "embed_dim", "num_heads", "patch_size"):
+        need(getattr(args, name) is None or getattr(args, name) >= 1, name, "an integer >= 1")
+    need(args.workers >= 0, "workers", "an integer >= 0")
+    need(args.lr > 0, "lr", "a learning rate > 0")
+    for name in ("min_lr", "weight_decay", "warmup_epochs", "grad_clip", "mixup", "cutmix"):
+        need(getattr(args, name) >= 0, name, "a number >= 0")
+    for name in ("label_smoothing", "dropout", "attn_dropout", "drop_path"):
+        need(0 <= getattr(args, name) < 1, name, "a number in [0, 1)")
+    for name in ("mix_prob", "switch_prob"):
+        need(0 <= getattr(args, name) <= 1, name, "a probability in [0, 1]")
+    if args.model not in fastvit.list_models():
+        close = difflib.get_close_matches(args.model, fastvit.list_models(), n=3, cutoff=0.5)
+        known = f"close matches: {', '.join(close)}" if close else f"registered: {', '.join(fastvit.list_models())}"
+        parser.error(f"--model: expected a registered variant, got {args.model!r}; {known}")
+    cfg = fastvit.model_config(args.model)
 
-def find_cifar_dir(path: str) -> str:
-    """``path`` or its ``cifar-10-batches-py`` subfolder, whichever holds all six batch files."""
-    path = os.path.expanduser(path)
-    for d in (path, os.path.join(path, "cifar-10-batches-py")):
-        if all(os.path.isfile(os.path.join(d, f)) for f in TRAIN_FILES + [TEST_FILE]):
-            return d
-    raise DataNotFound(
-        f"CIFAR-10 not found in {path!r}. This script downloads nothing: get the CIFAR-10 "
-        f"'python version' (cifar-10-python.tar.gz, https://www.cs.toronto.edu/~kriz/cifar.html), "
-        f"extract it, and pass --data pointing at the extracted cifar-10-batches-py folder or its "
-        f"parent. Needed files: {', '.join(TRAIN_FILES)}, {TEST_FILE}.")
+    def variant(given) -> str:  # where a value the user did not pass comes from
+        return "" if given is not None else f" ({args.model}'s)"
 
-
-def _read_batch(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    try:
-        data, labels = d[b"data"], d[b"labels"]
-    except (KeyError, TypeError):
-        raise DataNotFound(f"{path} is not a CIFAR-10 python batch (a pickled dict with b'data' and b'labels')")
-    images = torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32)
-    labels = torch.as_tensor(labels, dtype=torch.int64)
-    if len(images) != len(labels):
-        raise DataNotFound(f"{path}: {len(images)} images but {len(labels)} labels")
-    return images, labels
-
-
-def load_cifar10(path: str):
-    root = find_cifar_dir(path)
-    parts = [_read_batch(os.path.join(root, f)) for f in TRAIN_FILES]
-    train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    return train, _read_batch(os.path.join(root, TEST_FILE))
-
-
-class CIFAR10(Dataset):
-    """uint8 (3, 32, 32) images; training adds crop (4 px padding) + flip, then RandAugment."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, train: bool, randaugment: bool = False):
-        self.images, self.labels, self.train = images, labels, train
-        self.randaugment = None
-        if randaugment:
-            from torchvision.transforms import v2
-            self.randaugment = v2.RandAugment(num_ops=2, magnitude=9)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        img = self.images[i]
-        if self.train:
-            dy, dx = torch.randint(0, 9, (2,)).tolist()
-            img = F.pad(img, (4, 4, 4, 4))[:, dy:dy + 32, dx:dx + 32]
-            if torch.rand(()) < 0.5:
-                img = img.flip(-1)
-            if self.randaugment is not None:
-                img = self.randaugment(img)
-            img = img.contiguous()
-        return img, self.labels[i]
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CIFAR_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
-
-
-def mix_batch(x: torch.Tensor, target: torch.Tensor, args) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of the batch with its reverse.
-    Random numbers come from the CPU generator, so runs reproduce on any device."""
-    if (args.mixup <= 0 and args.cutmix <= 0) or torch.rand(()).item() >= args.mix_prob:
-        return x, target
-    use_cutmix = args.cutmix > 0 and (args.mixup <= 0 or torch.rand(()).item() < args.switch_prob)
-    alpha = args.cutmix if use_cutmix else args.mixup
-    lam = torch.distributions.Beta(alpha, alpha).sample().item()
-    partner = x.flip(0)
-    if use_cutmix:
-        h, w = x.shape[-2:]
-        ratio = math.sqrt(1.0 - lam)
-        ch, cw = int(h * ratio), int(w * ratio)
-        cy, cx = torch.randint(0, h, ()).item(), torch.randint(0, w, ()).item()
-        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-        x = x.clone()
-        x[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
-        lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
-    else:
-        x = lam * x + (1.0 - lam) * partner
-    return x, lam * target + (1.0 - lam) * target.flip(0)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    embed_dim, num_heads = args.embed_dim or cfg.embed_dim, args.num_heads or cfg.num_heads
+    if embed_dim % num_heads:
+        parser.error(f"--embed-dim: expected a multiple of --num-heads {num_heads}{variant(args.num_heads)}, "
+                     f"got {embed_dim}{variant(args.embed_dim)}")
+    patch = args.patch_size or cfg.patch_size
+    if IMG_SIZE % patch:
+        parser.error(f"--patch-size: expected a divisor of the {IMG_SIZE} px images, "
+                     f"got {patch}{variant(args.patch_size)}")
+    if args.resume:
+        try:
+            resolve_resume(args.resume)
+        except UsageError as e:
+            parser.error(str(e))
 
 
 # -- model and optimiser -------------------------------------------------------------------------
 def model_kwargs(args) -> dict:
-    kw = dict(num_classes=NUM_CLASSES, backend=args.backend, drop_rate=args.dropout, proj_drop_rate=args.dropout,
-              attn_drop_rate=args.attn_dropout, drop_path_rate=args.drop_path)
+    # the variant's image size gives way to CIFAR's 32 px (its position embeddings are sized for it)
+    kw = dict(img_size=IMG_SIZE, num_classes=NUM_CLASSES, backend=args.backend, drop_rate=args.dropout,
+              proj_drop_rate=args.dropout, attn_drop_rate=args.attn_dropout, drop_path_rate=args.drop_path)
     for name in ("depth", "embed_dim", "num_heads", "patch_size"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
@@ -236,96 +206,27 @@ def build_scheduler(optimizer, args, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# -- distributed ---------------------------------------------------------------------------------
+# -- devices and processes -----------------------------------------------------------------------
 def setup_distributed(args):
     """(rank, world_size, device); initialises the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
+    world, rank, local_rank = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
+    device = select_device(args.device, world, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     return rank, world, device
 
 
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-def _replace(tmp: str, path: str) -> None:
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves half a checkpoint
-
-
-def save_weights(model, path: str) -> None:
-    from safetensors.torch import save_file
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path + ".tmp", metadata={"format": "pt"})
-    _replace(path + ".tmp", path)
-
-
-def save_checkpoint(out: str, model, optimizer, scheduler, epoch: int, best_acc: float, rng_states, args) -> None:
-    save_weights(model, os.path.join(out, "last.safetensors"))
-    state = {"epoch": epoch, "best_acc": best_acc, "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng": rng_states, "world_size": len(rng_states),
-             "args": {k: v for k, v in vars(args).items()}}
-    torch.save(state, os.path.join(out, "last.pt.tmp"))
-    _replace(os.path.join(out, "last.pt.tmp"), os.path.join(out, "last.pt"))
-
-
-def resolve_resume(path: str) -> tuple[str, str]:
-    state = os.path.join(path, "last.pt") if os.path.isdir(path) else path
-    weights = os.path.splitext(state)[0] + ".safetensors"
-    for f in (state, weights):
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"--resume {path!r}: {f} does not exist (expected last.pt and last.safetensors)")
-    return state, weights
-
-
-# -- progress ------------------------------------------------------------------------------------
-class Progress:
-    """tqdm when installed, else a one-line counter on stderr; silent when disabled."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.enabled, self.total, self.desc, self.n, self._bar = enabled, total, desc, 0, None
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self._bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
-            except ImportError:
-                pass
-
-    def update(self, n: int, **stats) -> None:
-        self.n += n
-        if not self.enabled:
-            return
-        text = {k: f"{v:.4g}" for k, v in stats.items()}
-        if self._bar is not None:
-            self._bar.set_postfix(text, refresh=False)
-            self._bar.update(n)
-        else:
-            fields = " ".join(f"{k} {v}" for k, v in text.items())
-            print(f"\r{self.desc} {self.n}/{self.total} {fields}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self.enabled:
-            print(file=sys.stderr)
+def runnable_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend the model will use on ``device``; triton only where its kernels run."""
+    if backend == "triton" and not fastvit.backend.triton_supported(device):
+        raise UsageError(f"--backend: expected sdpa or eager on {device} (triton needs a CUDA GPU of compute "
+                         f"capability >= 8.0, or Triton's CPU interpreter with TRITON_INTERPRET=1), got 'triton'")
+    try:
+        return fastvit.resolve_backend(backend, device)
+    except (ValueError, RuntimeError) as e:  # e.g. FASTVIT_BACKEND names a backend that cannot run here
+        raise UsageError(str(e).splitlines()[0]) from None
 
 
 # -- loops ---------------------------------------------------------------------------------------
@@ -397,20 +298,24 @@ def evaluate(model, loader, args, device) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
-        (train_x, train_y), (test_x, test_y) = load_cifar10(args.data)
-    except DataNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    rank, world, device = setup_distributed(args)
-    is_main = rank == 0
-    try:
-        return _run(args, rank, world, device, is_main, train_x, train_y, test_x, test_y)
+        if args.synthetic:
+            data = synthetic_cifar10(args.synthetic, args.seed)
+        else:
+            data = load_cifar10(args.data)
+        rank, world, device = setup_distributed(args)
+        backend = runnable_backend(args.backend, device)
+        return _run(args, rank, world, device, backend, *data)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(args, rank, world, device, is_main, train_x, train_y, test_x, test_y) -> dict:
+def _run(args, rank, world, device, backend, train, test) -> dict:
+    (train_x, train_y), (test_x, test_y) = train, test
+    is_main = rank == 0
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -427,8 +332,8 @@ def _run(args, rank, world, device, is_main, train_x, train_y, test_x, test_y) -
     loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_kw)
     if len(train_loader) == 0:
-        raise SystemExit(f"error: {len(train_set)} training images cannot fill one batch of {args.batch_size} "
-                         f"per process on {world} process(es); lower --batch-size")
+        raise UsageError(f"--batch-size: expected at most {len(train_set) // world} ({len(train_set)} training "
+                         f"images on {world} process(es) must fill one batch), got {args.batch_size}")
     test_set = Subset(CIFAR10(test_x, test_y, train=False), range(rank, len(test_y), world))  # each image once
     test_loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
 
@@ -457,7 +362,6 @@ def _run(args, rank, world, device, is_main, train_x, train_y, test_x, test_y) -
     if is_main:
         os.makedirs(args.out, exist_ok=True)
         n_params = sum(p.numel() for p in raw_model.parameters())
-        backend = fastvit.resolve_backend(raw_model.backend, device)
         print(f"{args.model} {model_kwargs(args)}: {n_params / 1e6:.2f}M parameters, backend {backend}, "
               f"device {device}, {world} process(es), {len(train_set)} train / {len(test_y)} test images",
               file=sys.stderr)

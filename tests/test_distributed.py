@@ -7,6 +7,9 @@ Starting an interpreter that imports torch costs seconds, so one pair of process
 per case and rank; each test then reads its own. The children inherit this process's
 environment, so TRITON_INTERPRET=1 (set by conftest before triton is imported) holds there too.
 Workers still running after TIMEOUT_S are killed, and the cases they did not report fail.
+
+The script's CUDA branches (device choice, torch.cuda.set_device, NCCL) run here with CUDA
+simulated on the CPU; see the note above those tests for what that cannot cover.
 """
 import copy
 import os
@@ -179,3 +182,82 @@ def test_one_step_gradients_equal_one_process_on_the_whole_batch(results, strate
 
 def test_train_example_under_ddp_resumes_bitwise(results):
     _check_reported(results, "train_cifar10-ddp")
+
+
+# -- the example's device choice and process group, with CUDA simulated ------------------------
+# torch.cuda.is_available / device_count / set_device and torch.distributed.init_process_group
+# are replaced by recorders, so the script's decisions (which device, which backend, which rank)
+# are checked without a GPU. What this cannot cover: that NCCL really connects, DDP's
+# device_ids, CUDA random states in checkpoints, pinned memory and bf16 autocast on a GPU; those
+# need real GPUs (examples/train_cifar10.py on a GPU machine, with and without torchrun).
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    from tests.test_train_example import train
+    calls = {"set_device": [], "init_process_group": []}
+
+    def set_device(device):
+        # the real one raises "Expected a torch.device with a specified index" for a bare "cuda"
+        assert isinstance(device, torch.device) and device.type == "cuda" and device.index is not None, device
+        calls["set_device"].append(device)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls["init_process_group"].append(
+        dict(backend=backend, **kw)))
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    return train, calls
+
+
+# (--device, WORLD_SIZE, RANK, LOCAL_RANK) -> the device and the process group it must pick
+SETUPS = {
+    "one-gpu-default": (None, None, None, None, "cuda:0", None),  # the crash of issue 10
+    "bare-cuda": ("cuda", None, None, None, "cuda:0", None),
+    "indexed": ("cuda:1", None, None, None, "cuda:1", None),
+    "cpu": ("cpu", None, None, None, "cpu", None),
+    "torchrun-nccl": (None, "4", "3", "1", "cuda:1", dict(backend="nccl", rank=3, world_size=4)),
+    "torchrun-cuda": ("cuda", "2", "0", "0", "cuda:0", dict(backend="nccl", rank=0, world_size=2)),
+    "torchrun-one-process": (None, "1", "0", "1", "cuda:1", None),
+    "torchrun-cpu-gloo": ("cpu", "2", "1", "1", "cpu", dict(backend="gloo", rank=1, world_size=2)),
+}
+
+
+@pytest.mark.parametrize("device, world, rank, local_rank, expected, group", SETUPS.values(), ids=SETUPS.keys())
+def test_example_picks_an_indexed_device_and_the_process_group(fake_cuda, monkeypatch, device, world, rank,
+                                                               local_rank, expected, group):
+    train, calls = fake_cuda
+    for name, value in (("WORLD_SIZE", world), ("RANK", rank), ("LOCAL_RANK", local_rank)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    args = train.parse_args([] if device is None else ["--device", device])
+    got_rank, got_world, got_device = train.setup_distributed(args)
+    assert got_device == torch.device(expected)
+    assert (got_rank, got_world) == (int(rank or 0), int(world or 1))
+    assert calls["set_device"] == ([torch.device(expected)] if expected.startswith("cuda") else [])
+    assert calls["init_process_group"] == ([group] if group else [])
+
+
+BAD_SETUPS = {
+    "index-past-the-gpus": ("cuda:2", None, None, "--device: expected a GPU index below 2 (the GPUs visible), got cuda:2"),
+    "local-rank-past-the-gpus": (None, "4", "2", "LOCAL_RANK: expected a GPU index below 2"),
+    "index-under-torchrun": ("cuda:0", "2", "1", "--device: expected cuda (each torchrun process takes cuda:LOCAL_RANK)"),
+    "world-size-not-a-number": (None, "two", "0", "environment variable WORLD_SIZE: expected an integer, got 'two'"),
+}
+
+
+@pytest.mark.parametrize("device, world, local_rank, message", BAD_SETUPS.values(), ids=BAD_SETUPS.keys())
+def test_example_refuses_a_device_it_cannot_use_in_one_line(fake_cuda, monkeypatch, capsys, device, world,
+                                                            local_rank, message):
+    train, calls = fake_cuda
+    if world is not None:
+        monkeypatch.setenv("WORLD_SIZE", world)
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    argv = ["--synthetic", "8", "--batch-size", "4"] + ([] if device is None else ["--device", device])
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_cifar10.py: error: ") and message in err[0], err
+    assert calls == {"set_device": [], "init_process_group": []}

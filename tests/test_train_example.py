@@ -1,4 +1,4 @@
-"""examples/train_cifar10.py on a tiny CIFAR-10-format folder: checkpoints, bitwise resume, errors."""
+"""examples/train_cifar10.py on a tiny CIFAR-10-format folder and on --synthetic images: checkpoints,\nbitwise resume, one-line errors for bad arguments, help text."""
 import importlib.util
 import json
 import os
@@ -19,6 +19,9 @@ TINY = ["--model", "vit_cifar_small", "--depth", "1", "--embed-dim", "32", "--nu
 
 
 def _load_script():
+    # `python examples/train_cifar10.py` puts examples/ on sys.path for its helper module; so do we
+    if os.path.dirname(SCRIPT) not in sys.path:
+        sys.path.insert(0, os.path.dirname(SCRIPT))
     spec = importlib.util.spec_from_file_location("train_cifar10", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -105,24 +108,31 @@ def test_resume_gives_bitwise_the_uninterrupted_weights(tmp_path):
     assert straight["test_loss"] == resumed["test_loss"] and straight["train_loss"] == resumed["train_loss"]
 
 
-def test_resume_errors_name_the_missing_file(tmp_path):
-    data = str(write_cifar(tmp_path / "data"))
-    with pytest.raises(FileNotFoundError, match="last.pt"):
-        train.main(["--data", data, "--out", str(tmp_path / "o"), "--resume", str(tmp_path), "--backend", "eager",
-                    "--no-progress"] + TINY)
-
-
 def test_triton_backend_trains_one_step(tmp_path):
-    try:
-        fastvit.ops.qkv_attention(torch.randn(1, 3, 6), 1, backend="triton")
-        fastvit.ops.layer_norm(torch.randn(2, 4), backend="triton")
-        fastvit.ops.linear_gelu(torch.randn(2, 4), torch.randn(3, 4), backend="triton")
-    except NotImplementedError:
-        pytest.skip("triton kernels not landed yet")
     data = str(write_cifar(tmp_path / "data"))
     stats = train.main(["--data", data, "--out", str(tmp_path / "t"), "--epochs", "1", "--backend", "triton",
                         "--limit-train-batches", "1", "--limit-eval-batches", "1", "--no-progress"] + TINY)
     assert stats["steps"] == 1 and np.isfinite(stats["train_loss"]) and np.isfinite(stats["test_loss"])
+
+
+def test_synthetic_images_are_cifar_shaped_and_seeded():
+    (x, y), (tx, ty) = train.synthetic_cifar10(40, seed=3)
+    assert x.shape == (40, 3, 32, 32) and x.dtype == torch.uint8 and tx.shape == (8, 3, 32, 32)
+    assert y.shape == (40,) and y.dtype == torch.int64 and ty.shape == (8,)
+    assert 0 <= int(y.min()) and int(y.max()) < 10 and len(set(y.tolist())) > 1
+    assert int(x.max()) > 200 and int(x.min()) < 50  # the whole uint8 range, not a constant
+    (x2, y2), _ = train.synthetic_cifar10(40, seed=3)
+    (x3, _), _ = train.synthetic_cifar10(40, seed=4)
+    assert torch.equal(x, x2) and torch.equal(y, y2) and not torch.equal(x, x3)
+    assert train.synthetic_cifar10(3, seed=0)[1][0].shape[0] == 1  # never an empty test set
+
+
+def test_synthetic_run_needs_no_data_folder(tmp_path, capsys):
+    stats = train.main(["--synthetic", "32", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "s"),
+                        "--epochs", "1", "--backend", "eager", "--no-progress"] + TINY)
+    assert stats["steps"] == 2 and np.isfinite(stats["train_loss"]) and np.isfinite(stats["test_loss"])
+    assert "32 train / 6 test images" in capsys.readouterr().err
+    assert (tmp_path / "s" / "last.safetensors").exists()
 
 
 def test_mixup_and_cutmix_targets():
@@ -144,18 +154,120 @@ def test_mixup_and_cutmix_targets():
     assert train.mix_batch(x, y, args)[0] is x
 
 
-def test_bad_arguments_are_refused(capsys):
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("train_cifar10.py: error: "), lines[0]
+    return lines[0]
+
+
+# argv -> what the one line on stderr must say (it names the option, what was expected, what came)
+BAD_ARGUMENTS = {
+    "epochs-zero": (["--epochs", "0"], ["--epochs: expected an integer >= 1, got 0"]),
+    "lr-nan": (["--lr", "nan"], ["--lr: expected a learning rate > 0, got nan"]),
+    "unknown-model": (["--model", "vit_cifar_tiny"],
+                      ["--model: expected a registered variant, got 'vit_cifar_tiny'", "close matches:",
+                       "vit_cifar_small", "vit_cifar_base"]),
+    "unknown-model-far": (["--model", "resnet50"], ["got 'resnet50'; registered: ", "vit_tiny_patch16_224"]),
+    "heads-of-variant": (["--embed-dim", "100"],
+                         ["--embed-dim: expected a multiple of --num-heads 3 (vit_cifar_small's), got 100"]),
+    "heads-given": (["--embed-dim", "64", "--num-heads", "3"], ["expected a multiple of --num-heads 3, got 64"]),
+    "dim-of-variant": (["--num-heads", "5"], ["multiple of --num-heads 5, got 192 (vit_cifar_small's)"]),
+    "patch": (["--patch-size", "5"], ["--patch-size: expected a divisor of the 32 px images, got 5"]),
+    "device": (["--device", "gpu", "--synthetic", "8"], ["--device: expected cpu, cuda or cuda:N, got 'gpu'"]),
+    "batch-too-big": (["--synthetic", "8", "--batch-size", "16", "--device", "cpu"],
+                      ["--batch-size: expected at most 8", "got 16"]),
+}
+
+
+@pytest.mark.parametrize("argv, expected", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_bad_arguments_give_one_line_and_exit_2(argv, expected, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        train.parse_args(["--epochs", "0"])
-    assert e.value.code == 2 and "--epochs must be at least 1" in capsys.readouterr().err
+        train.main(argv + ["--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"])
+    assert e.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    for text in expected:
+        assert text in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_of_a_missing_checkpoint_gives_one_line(tmp_path, capsys):
+    for folder, expected in [(tmp_path / "missing", "which does not exist"),
+                             (tmp_path, "expected last.pt in")]:  # a folder without a checkpoint
+        with pytest.raises(SystemExit) as e:
+            train.main(["--resume", str(folder), "--synthetic", "8"])
+        assert e.value.code == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "--resume: " in line and str(folder) in line and expected in line, line
+    (tmp_path / "last.pt").write_bytes(b"")  # the state without its weights
     with pytest.raises(SystemExit):
-        train.parse_args(["--model", "vit_cifar_tiny"])
+        train.main(["--resume", str(tmp_path), "--synthetic", "8"])
+    assert "expected last.safetensors in" in _one_error_line(capsys.readouterr().err)
+
+
+def test_cuda_device_where_there_is_none_gives_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--device", "cuda", "--synthetic", "8"])
+    assert e.value.code == 2
+    assert "--device: expected cpu here (CUDA is not available), got 'cuda'" in _one_error_line(capsys.readouterr().err)
+
+
+def _run_script(args, **env_changes):
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTVIT_BACKEND", "WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(PYTHONPATH=ROOT, **env_changes)
+    return subprocess.run([sys.executable, SCRIPT] + args, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_triton_backend_where_triton_cannot_run_gives_one_line(tmp_path):
+    # Under pytest TRITON_INTERPRET=1 makes triton run anywhere; a fresh process without it is a
+    # CPU machine as users have it, where fastvit.backend says the kernels cannot run.
+    res = _run_script(["--backend", "triton", "--device", "cpu", "--synthetic", "8", "--batch-size", "4",
+                       "--out", str(tmp_path / "o")], TRITON_INTERPRET="0")
+    assert res.returncode == 2, res.stderr
+    line = _one_error_line(res.stderr)
+    assert "--backend: expected sdpa or eager on cpu" in line and "got 'triton'" in line, line
+    assert "compute capability >= 8.0" in line and "TRITON_INTERPRET=1" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_option_has_help_and_shows_its_default_once():
+    parser = train.build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {"model", "epochs", "weight_decay", "warmup_epochs", "label_smoothing", "seed", "device"} <= \
+        {a.dest for a in options}
+    for a in options:
+        assert a.help and a.help.strip(), f"{a.option_strings[0]} has no help text"
+        formatter = parser.formatter_class(prog=parser.prog)  # this option's entry in --help, alone
+        formatter.add_argument(a)
+        entry = " ".join(formatter.format_help().split())  # undo the line wrapping
+        if a.nargs == 0 or a.default is None:  # a flag, or an option whose help says what happens without it
+            assert entry.count("default") <= 1, entry
+        else:
+            assert f"(default: {a.default})" in entry and entry.count("default") == 1, entry
+        if a.dest == "device":
+            assert entry.count("default") == 1 and "cuda:LOCAL_RANK if CUDA is available, else cpu" in entry
+    text = " ".join(parser.format_help().split())
+    assert "--epochs EPOCHS epochs of the learning-rate schedule (default: 200)" in text  # as a user sees it
+
+
+def test_default_data_folder_is_what_the_readme_extracts_to():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = readme[readme.index("## Training on CIFAR-10"):]
+    extract = [line for line in section.splitlines() if "tar -xzf cifar-10-python.tar.gz" in line]
+    assert extract, "the README's training section has no extraction command"
+    folder = extract[0].split(" -C ")[1].split()[0]
+    assert train.parse_args([]).data == folder
+    # the smoke command needs no data set and its arguments are accepted
+    smoke = section[section.index("python examples/train_cifar10.py --synthetic"):]
+    smoke = smoke[:smoke.index("```")].split("#")[0].replace("\\\n", " ").split()
+    args = train.parse_args(smoke[2:])
+    assert args.synthetic and args.synthetic >= args.batch_size
 
 
 def test_missing_data_folder_says_where_to_put_the_files(tmp_path):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    res = subprocess.run([sys.executable, SCRIPT, "--data", str(tmp_path / "nowhere")], capture_output=True,
-                         text=True, timeout=120, env=env)
+    res = _run_script(["--data", str(tmp_path / "nowhere")])
     assert res.returncode == 2, res.stderr
-    assert "CIFAR-10 not found" in res.stderr and "data_batch_1" in res.stderr
-    assert "cifar-10-batches-py" in res.stderr and "downloads nothing" in res.stderr
+    line = _one_error_line(res.stderr)
+    assert "CIFAR-10 not found" in line and "data_batch_1" in line and "--synthetic" in line
+    assert "cifar-10-batches-py" in line and "downloads nothing" in line
