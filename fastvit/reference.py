@@ -53,7 +53,9 @@ def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor
 
 
 def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """GELU, exact (x * Phi(x)) or the tanh approximation, written out."""
+    """GELU, exact (x * Phi(x)), the tanh approximation or QuickGELU ("quick"), written out."""
+    if approximate == "quick":
+        return x / (1.0 + torch.exp(-1.702 * x))
     if approximate == "tanh":
         return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))

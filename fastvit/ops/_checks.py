@@ -14,7 +14,9 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256            # attention: q/k/v tiles held in registers, split in chunks
 MAX_LAYER_NORM_WIDTH = 16384  # layer_norm: one row per program, held whole
-GELU_APPROXIMATIONS = ("none", "tanh")
+# F.gelu's "none" (erf) and "tanh", and "quick": x * sigmoid(1.702 x), the QuickGELU of CLIP's
+# OpenAI weights (the sigmoid approximation of GELU).
+GELU_APPROXIMATIONS = ("none", "tanh", "quick")
 
 
 def check_tensor(t, name: str, *, ndim: int | None = None, min_ndim: int | None = None,

@@ -11,7 +11,8 @@ from ._checks import check_approximate, check_params, check_tensor
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 approximate: str = "none", backend: str = "auto") -> torch.Tensor:
     """``F.gelu(F.linear(x, weight, bias), approximate=approximate)`` for x of any leading shape
-    (on ``eager`` and ``sdpa`` exactly those two PyTorch ops)."""
+    (on ``eager`` and ``sdpa`` exactly those PyTorch ops). ``approximate="quick"`` is QuickGELU,
+    ``y * sigmoid(1.702 y)``."""
     check_tensor(x, "x", min_ndim=1)
     check_tensor(weight, "weight", ndim=2)
     if weight.shape[1] != x.shape[-1]:
@@ -26,4 +27,11 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if resolve_backend(backend, x.device, x.dtype) == "triton":
         from ._linear_gelu_triton import triton_linear_gelu
         return triton_linear_gelu(x, weight, bias, approximate)
-    return F.gelu(F.linear(x, weight, bias), approximate=approximate)
+    return gelu(F.linear(x, weight, bias), approximate)
+
+
+def gelu(y: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """The activation alone, in PyTorch: ``F.gelu``, or QuickGELU for ``"quick"``."""
+    if approximate == "quick":
+        return y * torch.sigmoid(1.702 * y)
+    return F.gelu(y, approximate=approximate)
