@@ -253,10 +253,10 @@ def test_triton_speed_cases_execute(op, monkeypatch):
     """The triton cases are timed only on a GPU; here each is built and run once in Triton's
     interpreter, forward and forward + backward, so the code the GPU benchmarks run is exercised
     (and does launch Triton kernels, in the backward too)."""
-    from fastvit.profiling import speed
+    from fastvit.profiling import speed, speed_cases
     from fastvit.profiling.launches import count_launches
 
-    monkeypatch.setattr(speed, "backend_unavailable", lambda backend, device: None)
+    monkeypatch.setattr(speed_cases, "backend_unavailable", lambda backend, device: None)
     launches = {}
     for mode in speed.MODES:
         case = speed.build_case(op, "triton", mode, 32, model=TINY)

@@ -1,6 +1,7 @@
 """Peak-memory measurement: the CPU tracker on known allocations, the measured peaks of attention
 and whole models against the analytic model, the growth with resolution, and the seed's numbers."""
 import json
+import os
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch
 from fastvit import FastViT, ops
 from fastvit.profiling.memory import (LiveTensorTracker, attention_model_bytes, attention_scores, fit_slope,
                                       fit_slopes, format_memory_table, measure_attention, measure_model,
-                                      measure_peak, memory_table, model_memory_bytes, triton_status)
+                                      measure_peak, memory_table, model_memory_bytes, triton_unavailable)
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 
@@ -121,27 +122,51 @@ def test_model_peak_equals_model(backend, mode):
 
 
 def test_triton_column():
-    """Measured once backend='triton' works (tried on a tiny call); until then the rows say why not."""
-    ok, reason = triton_status("attention")
+    """Measured in Triton's interpreter (the conftest chooses it) or on a GPU: never 'unavailable'
+    here, so a kernel that cannot run fails this test instead of hiding behind a reason."""
+    assert triton_unavailable("cpu") is None
     r = measure_attention(64, num_heads=2, head_dim=32, backend="triton", mode="training")
-    if not ok:
-        assert not r["available"] and r["peak_bytes"] is None and reason and r["reason"] == reason
-        return
     assert r["available"] and r["reason"] is None
     # out, lse, dq, dk, dv and the backward's delta: delta exists only inside the launcher, so the
     # exact match shows the tracker sees torch.empty calls made inside Triton launchers
     assert r["peak_bytes"] == r["model_bytes"] == attention_model_bytes(17, 2, 32, backend="triton", mode="training")
     r = measure_attention(64, num_heads=2, head_dim=32, backend="triton", mode="inference")
-    assert r["peak_bytes"] == r["model_bytes"]
+    assert r["available"] and r["peak_bytes"] == r["model_bytes"]
 
-    ok, reason = triton_status("model")
     r = measure_model(TINY, 32, backend="triton", mode="inference")
-    if not ok:
-        assert not r["available"] and r["reason"] == reason
-        return
-    assert r["peak_bytes"] == pytest.approx(r["model_bytes"], rel=0.03)
+    assert r["available"] and r["peak_bytes"] == pytest.approx(r["model_bytes"], rel=0.03)
     r = measure_model(TINY, 32, backend="triton", mode="training")
-    assert r["peak_bytes"] == pytest.approx(r["model_bytes"], rel=0.03)
+    assert r["available"] and r["peak_bytes"] == pytest.approx(r["model_bytes"], rel=0.03)
+
+
+def test_a_kernel_that_raises_is_an_error_not_a_reason(monkeypatch):
+    """The old code turned any exception of a tiny trial call into 'unavailable'; a crash must
+    reach the caller (fastvit profile then names the case and exits non-zero)."""
+    real = ops.attention
+
+    def exploding(q, k, v, *, backend="auto", **kwargs):
+        if backend == "triton":
+            raise RuntimeError("kernel exploded")
+        return real(q, k, v, backend=backend, **kwargs)
+
+    monkeypatch.setattr(ops, "attention", exploding)
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        measure_attention(64, num_heads=2, head_dim=32, backend="triton", mode="inference")
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        memory_table(TINY, (32,), backends=("triton",), modes=("inference",), scopes=("attention",))
+
+
+def test_triton_without_interpreter_is_not_run_and_says_why(monkeypatch):
+    """On a CPU without the interpreter the rows are 'not run' with the reason, and nothing in
+    the library sets TRITON_INTERPRET for the caller."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    reason = triton_unavailable("cpu")
+    assert "TRITON_INTERPRET=1" in reason and "CUDA" in reason
+    r = measure_attention(64, num_heads=2, head_dim=32, backend="triton")
+    assert not r["available"] and r["reason"] == reason and r["peak_bytes"] is None
+    r = measure_model(TINY, 32, backend="triton")
+    assert not r["available"] and r["reason"] == reason
+    assert "TRITON_INTERPRET" not in os.environ
 
 
 # -- tables, slopes, state ------------------------------------------------------------------------------

@@ -116,7 +116,6 @@ def vit_shape(model_or_name, img_size=None, **overrides) -> ViTShape:
     (int or (H, W); default: the model's own). ``overrides`` (e.g. ``depth=2``) apply to names and
     configs, not to a built model."""
     from ..vit import FastViT, VariantConfig, count_params, model_config
-    from ..layers import _pair
 
     if isinstance(model_or_name, FastViT):
         if overrides:
@@ -154,8 +153,8 @@ def vit_shape(model_or_name, img_size=None, **overrides) -> ViTShape:
             raise ValueError(f"global_pool must be 'token' or 'avg', got {c['global_pool']!r}")
         if c["gelu_approximate"] not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {c['gelu_approximate']!r}")
-        cfg = dict(img_size=_pair(c["img_size"]), patch_size=_pair(c["patch_size"]), in_chans=c["in_chans"],
-                   embed_dim=c["embed_dim"], depth=c["depth"], num_heads=c["num_heads"],
+        cfg = dict(img_size=_pair_checked(c["img_size"]), patch_size=_pair_checked(c["patch_size"], "patch_size"),
+                   in_chans=c["in_chans"], embed_dim=c["embed_dim"], depth=c["depth"], num_heads=c["num_heads"],
                    mlp_hidden=int(c["embed_dim"] * c["mlp_ratio"]), num_classes=c["num_classes"],
                    qkv_bias=bool(c["qkv_bias"]), global_pool=c["global_pool"],
                    gelu_approximate=c["gelu_approximate"], params=count_params(**c))
@@ -167,10 +166,10 @@ def vit_shape(model_or_name, img_size=None, **overrides) -> ViTShape:
     return ViTShape(name=name, **cfg)
 
 
-def _pair_checked(v) -> tuple[int, int]:
+def _pair_checked(v, name: str = "img_size") -> tuple[int, int]:
     pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
     if len(pair) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in pair):
-        raise ValueError(f"img_size must be a positive int or a pair (H, W) of positive ints, got {v!r}")
+        raise ValueError(f"{name} must be a positive int or a pair (H, W) of positive ints, got {v!r}")
     return int(pair[0]), int(pair[1])
 
 

@@ -1,0 +1,139 @@
+"""Argument types of the ``fastvit`` command: each turns a bad value into one clear line that
+names what was expected and what was given, and the recorded command line."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import shlex
+from pathlib import Path
+
+__all__ = ["CLIError", "Parser", "int_list", "choice_list", "dtype", "model", "positive_int", "archs", "device",
+           "check_resolutions", "portable_command"]
+
+
+class CLIError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage too: one line is enough
+        raise CLIError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, e.g. 224,512; got {text!r}")
+    return values
+
+
+def choice_list(choices):
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}; got {text!r}")
+        return list(dict.fromkeys(values))
+    return parse
+
+
+def dtype(text: str) -> str:
+    from .profiling.speed_cases import dtype_name, parse_dtype
+    try:
+        return dtype_name(parse_dtype(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def model(text: str) -> str:
+    """A registered model name; otherwise the close matches and where to see them all."""
+    from .vit import list_models
+
+    names = list_models()
+    if text in names:
+        return text
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}{hint} (`fastvit list` prints every registered name)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def archs(text: str) -> list[int]:
+    from .profiling.compile_report import ARCH_LIMITS
+    found = []
+    for item in (v.strip().lower() for v in text.split(",") if v.strip()):
+        digits = item.removeprefix("sm_").removeprefix("sm").removesuffix("a")
+        if not digits.isdigit() or int(digits) not in ARCH_LIMITS:
+            supported = ", ".join(f"sm_{a}" for a in sorted(ARCH_LIMITS))
+            raise argparse.ArgumentTypeError(f"unknown architecture {item!r} (supported: {supported})")
+        found.append(int(digits))
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected e.g. sm_80,sm_90; got {text!r}")
+    return list(dict.fromkeys(found))
+
+
+def device(text: str) -> str:
+    import torch
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (torch.cuda.is_available() is "
+                                             "False); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(dev)
+
+
+def check_resolutions(model_name: str, sizes, option: str) -> None:
+    from .vit import model_config
+    p = model_config(model_name).patch_size
+    bad = [s for s in sizes if s % p]
+    if bad:
+        what = "a multiple" if len(bad) == 1 else "multiples"
+        raise CLIError(f"{option} must be {what} of the patch size {p} of {model_name}, got "
+                       f"{', '.join(map(str, bad))}")
+
+
+def portable_command(argv, cwd=None, home=None) -> str:
+    """``fastvit`` + ``argv`` as typed, except that no absolute path of this machine survives: an
+    absolute path inside the working directory is shown relative to it, one inside the home
+    directory as ``~/...``, any other as ``.../<last component>``. So a report says how it was
+    made without naming the machine's folders."""
+    cwd = Path(cwd or os.getcwd())
+    home = Path(home or Path.home())
+
+    def clean(arg: str) -> str:
+        if "=" in arg and arg.startswith("--"):
+            opt, _, value = arg.partition("=")
+            return f"{opt}={clean(value)}"
+        if not os.path.isabs(arg):
+            return arg
+        path = Path(os.path.normpath(arg))
+        for root, prefix in ((cwd, ""), (home, "~/")):
+            if path == root or root in path.parents:
+                rel = path.relative_to(root).as_posix()
+                return (prefix + rel) if rel != "." else (prefix.rstrip("/") or ".")
+        return f".../{path.name}" if path.name else "..."
+
+    def quote(arg: str) -> str:  # keep ~/ outside the quotes, so a shell still expands it
+        return "~/" + shlex.quote(arg[2:]) if arg.startswith("~/") else shlex.quote(arg)
+
+    return " ".join(["fastvit"] + [quote(clean(a)) for a in argv])
