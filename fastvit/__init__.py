@@ -6,7 +6,8 @@ et al. with fused kernels.
 from . import ops
 from .backend import BACKENDS, resolve_backend
 from .convert import from_timm, from_torchvision, load_checkpoint
-from .vit import FastViT, count_params, create_model, list_models, model_config
+from .variants import count_params, list_models, model_config
+from .vit import FastViT, create_model
 
 __version__ = "0.1.0"
 __all__ = ["FastViT", "create_model", "list_models", "model_config", "count_params", "from_timm",

@@ -8,7 +8,7 @@ changes it on a whole module tree.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -39,13 +39,13 @@ class PatchEmbed(nn.Module):
     """Image (B, C, H, W) -> patch tokens (B, H/P * W/P, D) by a strided Conv2d."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768):
+                 embed_dim: int = 768, bias: bool = True):
         super().__init__()
         self.img_size = pair(img_size)
         self.patch_size = pair(patch_size)
         self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -81,24 +81,56 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.layer_norm(x, self.weight, self.bias, self.eps, backend=self.backend)
 
-    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h, norm(h))`` with ``h = x + residual``: one pass over memory on triton."""
-        return ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps, backend=self.backend)
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor,
+                    residual_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, norm(h))`` with ``h = x + residual`` (times ``residual_scale``, a layer scale's
+        gamma, when given): one pass over memory on triton."""
+        return ops.add_layer_norm(x, residual, self.weight, self.bias, self.eps, backend=self.backend,
+                                  residual_scale=residual_scale)
+
+
+class LayerScale(nn.Module):
+    """timm's layer scale: a learned per-channel ``gamma`` on a residual branch. FastViT never
+    calls it: ``gamma`` is applied inside the add that is folded into the next LayerNorm."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+def _gamma(ls: nn.Module) -> torch.Tensor | None:
+    return ls.gamma if isinstance(ls, LayerScale) else None
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
 
-# What an attention probe receives: the Attention module, its packed qkv (B, N, 3*H*D) and the
-# logsumexp of every score row (B, H, N). Used by FastViT.attention_maps; see probe_attention.
-AttentionProbe = Callable[["Attention", torch.Tensor, torch.Tensor], None]
+# What an attention probe receives: the module, its queries and keys (B, H, Nq, D), (B, H, N, D)
+# as the attention op saw them, and the logsumexp of every score row (B, H, Nq). Used by
+# FastViT.attention_maps through probe_attention.
+AttentionProbe = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def attend(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """``ops.attention`` for a module with ``scale``, ``backend`` and ``probe``: (B, H, Nq, D)."""
+    if module.probe is None:
+        return ops.attention(q, k, v, dropout_p=dropout_p, scale=module.scale, backend=module.backend)
+    out, lse = ops.attention(q, k, v, dropout_p=dropout_p, scale=module.scale, backend=module.backend,
+                             return_lse=True)
+    module.probe(module, q, k, lse)
+    return out
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one qkv projection (timm's ``Attention``)."""
+    """Multi-head self-attention with one qkv projection (timm's ``Attention``), optionally with
+    LayerNorm on q and k over the head dim (``qk_norm``)."""
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, qk_norm: bool = False,
+                 proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-6,
+                 backend: str = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -107,20 +139,29 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        norm = (lambda: LayerNorm(self.head_dim, eps=norm_eps, backend=backend)) if qk_norm else nn.Identity
+        self.q_norm, self.k_norm = norm(), norm()
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self.probe: Optional[AttentionProbe] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv(x)
         p = self.attn_drop.p if self.training else 0.0
-        kwargs = dict(dropout_p=p, scale=self.scale, backend=self.backend)
-        if self.probe is None:
-            out = ops.qkv_attention(qkv, self.num_heads, **kwargs)
+        if isinstance(self.q_norm, LayerNorm):
+            # q and k normalised per head (two LayerNorm launches), then attention on the views.
+            q, k, v = self.split_qkv(qkv)
+            out = attend(self, self.q_norm(q), self.k_norm(k), v, p)
+            out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        elif self.probe is None:
+            # the packed form: q, k, v read from the qkv output by strides, (B, N, H*D) written
+            out = ops.qkv_attention(qkv, self.num_heads, dropout_p=p, scale=self.scale, backend=self.backend)
         else:  # the same call, also returning the logsumexp the probe rebuilds rows from
-            out, lse = ops.qkv_attention(qkv, self.num_heads, return_lse=True, **kwargs)
-            self.probe(self, qkv, lse)
+            out, lse = ops.qkv_attention(qkv, self.num_heads, dropout_p=p, scale=self.scale, backend=self.backend,
+                                         return_lse=True)
+            q, k, _ = self.split_qkv(qkv)
+            self.probe(self, q, k, lse)
         return self.proj_drop(self.proj(out))
 
     def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,30 +171,32 @@ class Attention(nn.Module):
 
 
 @contextmanager
-def probe_attention(module: nn.Module, probe: AttentionProbe):
-    """Within the block, every ``Attention`` in ``module`` calls ``probe(attn, qkv, lse)``."""
-    attns = [m for m in module.modules() if isinstance(m, Attention)]
-    for a in attns:
+def probe_attention(modules, probe: AttentionProbe):
+    """Within the block, every module in ``modules`` with a ``probe`` attribute (Attention, the
+    MAP pooling head) calls ``probe(module, q, k, lse)``."""
+    modules = list(modules)
+    for a in modules:
         a.probe = probe
     try:
-        yield attns
+        yield modules
     finally:
-        for a in attns:
+        for a in modules:
             a.probe = None
 
 
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout; fc1's bias and GELU are one op
-    (``ops.linear_gelu``: fused in the GEMM epilogue on triton)."""
+    (``ops.linear_gelu``: fused in the GEMM epilogue on triton). ``approximate``: "none" (erf
+    GELU), "tanh" or "quick" (QuickGELU)."""
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, approximate: str = "none",
-                 backend: str = "auto"):
+                 bias: bool = True, backend: str = "auto"):
         super().__init__()
         self.backend = check_backend(backend)
         self.approximate = approximate
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,34 +207,49 @@ class Mlp(nn.Module):
         return f"approximate={self.approximate!r}, backend={self.backend!r}"
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block, x + attn(norm1(x)) then + mlp(norm2(x)), in the form with
-    every residual add folded into the LayerNorm after it (one pass over memory instead of two).
+class Pending(NamedTuple):
+    """A residual branch not yet added: the block output is ``h + scale * branch`` (``scale``, a
+    layer scale's gamma, or None). The next LayerNorm performs that add in its own pass."""
+    branch: torch.Tensor
+    scale: Optional[torch.Tensor] = None
 
-    ``forward(x, pending)``: the block's input is ``x + pending`` (``pending`` is the previous
-    block's MLP branch, not yet added; None for the first block). Returns ``(h, branch)`` whose
-    sum is the block's output, so the next LayerNorm (the next block's norm1, or the model's
-    final norm) performs the add: ``sum(Block(...)(x))`` is timm's ``Block(...)(x)``. The same
-    code runs on every backend (on eager and sdpa the folded add is a plain add).
+    def add_to(self, h: torch.Tensor) -> torch.Tensor:
+        return h + (self.branch if self.scale is None else self.branch * self.scale)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, x + ls1(attn(norm1(x))) then + ls2(mlp(norm2(x))), in the form
+    with every residual add (and its layer scale) folded into the LayerNorm after it: one pass
+    over memory instead of two.
+
+    ``forward(x, pending)``: the block's input is ``pending.add_to(x)`` (``pending`` is the
+    previous block's MLP branch, not yet added; None for the first block). Returns
+    ``(h, pending)``, whose ``pending.add_to(h)`` is the block's output, so the next LayerNorm
+    (the next block's norm1, or the model's final norm) performs the add. The same code runs on
+    every backend (on eager and sdpa the folded add is a plain add).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 proj_drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 gelu_approximate: str = "none", eps: float = 1e-6, backend: str = "auto"):
+                 qk_norm: bool = False, proj_bias: bool = True, proj_drop: float = 0.0, attn_drop: float = 0.0,
+                 init_values: float | None = None, drop_path: float = 0.0, gelu_approximate: str = "none",
+                 eps: float = 1e-6, backend: str = "auto"):
         super().__init__()
         self.backend = check_backend(backend)
         self.norm1 = LayerNorm(dim, eps=eps, backend=backend)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-                              backend=backend)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, proj_bias=proj_bias,
+                              attn_drop=attn_drop, proj_drop=proj_drop, norm_eps=eps, backend=backend)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = LayerNorm(dim, eps=eps, backend=backend)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, approximate=gelu_approximate, backend=backend)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop, approximate=gelu_approximate, bias=proj_bias,
+                       backend=backend)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, pending: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, pending: Pending | None = None) -> tuple[torch.Tensor, Pending]:
         if pending is None:
             h, y = x, self.norm1(x)
         else:
-            h, y = self.norm1.forward_add(x, pending)
-        h, y = self.norm2.forward_add(h, self.drop_path1(self.attn(y)))
-        return h, self.drop_path2(self.mlp(y))
+            h, y = self.norm1.forward_add(x, pending.branch, pending.scale)
+        h, y = self.norm2.forward_add(h, self.drop_path1(self.attn(y)), _gamma(self.ls1))
+        return h, Pending(self.drop_path2(self.mlp(y)), _gamma(self.ls2))

@@ -1,33 +1,51 @@
-"""FastViT: the Vision Transformer of the seeds, with timm's parameter names, on any backend."""
+"""FastViT: the Vision Transformer of the seeds and of timm's ViT families, with timm's parameter
+names, on any backend."""
 from __future__ import annotations
-
-import difflib
-import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import ops as _ops
 from . import reference
-
 from .backend import check_backend, resolve_backend
-from .layers import Block, LayerNorm, PatchEmbed, pair, probe_attention, set_backend
+from .layers import Block, LayerNorm, PatchEmbed, Pending, pair, probe_attention, set_backend
+from .pooling import GLOBAL_POOLS, AttentionPoolLatent, pool_tokens
+from .pos_embed import resample_pos_embed
+from .variants import VariantConfig, count_params, list_models, model_config  # noqa: F401  (re-exported)
 
 LN_EPS = 1e-6  # timm's and torchvision's ViT LayerNorm eps
+# timm's act_layer names -> the ``approximate`` of fastvit.ops.linear_gelu
+ACT_LAYERS = {"gelu": "none", "gelu_tanh": "tanh", "quick_gelu": "quick"}
 
 
 class FastViT(nn.Module):
+    """A ViT with timm's options and parameter names (``load_state_dict`` of a timm
+    ``VisionTransformer`` of the same options works with ``strict=True``).
+
+    Options beyond the original ViT, as timm names them: ``class_token`` (False: no CLS),
+    ``reg_tokens`` (register tokens), ``no_embed_class`` (position embeddings on the patches
+    only), ``dist_token`` (DeiT's distillation token and ``head_dist``), ``pre_norm`` (LayerNorm
+    before the blocks, CLIP; the patch convolution then has no bias, as in timm), ``init_values``
+    (layer scale), ``qk_norm``, ``proj_bias``, ``global_pool`` in "token", "avg", "map" (attention
+    pooling, SigLIP) and "" (no pooling), ``fc_norm`` (None: timm's default, a norm after pooling
+    for "avg"), ``act_layer`` in "gelu", "gelu_tanh", "quick_gelu" (or ``gelu_approximate`` in
+    "none", "tanh", "quick"), ``norm_eps``. Any input size divisible by the patch works: position
+    embeddings are resampled on the fly (timm's ``dynamic_img_size``).
+    """
+
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0,
-                 proj_drop_rate=0.0, drop_path_rate=0.0, global_pool="token", gelu_approximate="none",
-                 backend="auto"):
+                 proj_drop_rate=0.0, drop_path_rate=0.0, global_pool="token", gelu_approximate=None,
+                 backend="auto", *, qk_norm=False, proj_bias=True, init_values=None, class_token=True,
+                 reg_tokens=0, no_embed_class=False, dist_token=False, pre_norm=False, fc_norm=None,
+                 act_layer=None, norm_eps=LN_EPS):
         super().__init__()
+        approximate = _activation(act_layer, gelu_approximate)
         _check_config(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                       embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                      global_pool=global_pool, gelu_approximate=gelu_approximate,
+                      global_pool=global_pool, reg_tokens=reg_tokens, class_token=class_token,
+                      dist_token=dist_token, norm_eps=norm_eps,
                       rates=dict(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                                  proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate))
         self.backend = check_backend(backend)
@@ -35,37 +53,51 @@ class FastViT(nn.Module):
         self.global_pool = global_pool
         self.embed_dim = self.num_features = embed_dim
         self.num_heads = num_heads
-        self.num_prefix_tokens = 1
+        self.gelu_approximate = approximate
+        self.no_embed_class = bool(no_embed_class)
+        self.num_reg_tokens = int(reg_tokens)
+        self.num_prefix_tokens = int(class_token) + int(dist_token) + self.num_reg_tokens
+        self.distilled_training = False
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dist_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embedded = 0 if no_embed_class else self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + embedded, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
+        self.norm_pre = LayerNorm(embed_dim, eps=norm_eps, backend=backend) if pre_norm else nn.Identity()
         # stochastic depth grows linearly with depth, 0 for the first block
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                  attn_drop=attn_drop_rate, drop_path=dpr[i], gelu_approximate=gelu_approximate, eps=LN_EPS,
-                  backend=backend)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm, proj_bias=proj_bias,
+                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
+                  gelu_approximate=approximate, eps=norm_eps, backend=backend)
             for i in range(depth)
         ])
-        # timm puts the final norm after pooling (``fc_norm``) for average pooling; we follow it so
-        # its checkpoints load unchanged.
-        use_fc_norm = global_pool == "avg"
-        self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim, eps=LN_EPS, backend=backend)
-        self.fc_norm = LayerNorm(embed_dim, eps=LN_EPS, backend=backend) if use_fc_norm else nn.Identity()
+        # timm's placement of the final norm: after pooling (fc_norm) for average pooling by default
+        use_fc_norm = global_pool == "avg" if fc_norm is None else bool(fc_norm)
+        self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim, eps=norm_eps, backend=backend)
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads, mlp_ratio, norm_eps=norm_eps,
+                                              gelu_approximate=approximate, backend=backend)
+                          if global_pool == "map" else None)
+        self.fc_norm = LayerNorm(embed_dim, eps=norm_eps, backend=backend) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if dist_token:
+            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # -- initialisation ------------------------------------------------------------------------
     def init_weights(self) -> None:
-        """Truncated normal (std 0.02, cut at 2 std) for Linear weights, CLS token and position
-        embeddings; zero biases; LayerNorm ones and zeros; Kaiming normal for the patch conv."""
+        """Truncated normal (std 0.02, cut at 2 std) for Linear weights, prefix tokens and position
+        embeddings; zero biases; LayerNorm ones and zeros; Kaiming normal for the patch conv.
+        Layer scales keep their ``init_values``."""
         std = 0.02
-        nn.init.trunc_normal_(self.cls_token, std=std, a=-2 * std, b=2 * std)
-        nn.init.trunc_normal_(self.pos_embed, std=std, a=-2 * std, b=2 * std)
+        for p in (self.cls_token, self.dist_token, self.reg_token, self.pos_embed):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
@@ -78,6 +110,8 @@ class FastViT(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, AttentionPoolLatent):
+                m.init_weights()
 
     # -- configuration -------------------------------------------------------------------------
     @property
@@ -103,7 +137,8 @@ class FastViT(nn.Module):
         _check_divisible(img_size, self.patch_size, "img_size")
         new_grid = (img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1])
         with torch.no_grad():
-            pos = resample_pos_embed(self.pos_embed.data, new_grid, self.patch_embed.grid_size)
+            pos = resample_pos_embed(self.pos_embed.data, new_grid, self.patch_embed.grid_size,
+                                     self._embedded_prefix())
         self.pos_embed = nn.Parameter(pos)
         self.patch_embed.img_size = img_size
         self.patch_embed.grid_size = new_grid
@@ -123,61 +158,110 @@ class FastViT(nn.Module):
             raise ValueError(f"x must have {in_chans} channels (dim 1), got {x.shape[1]} (shape {tuple(x.shape)})")
         _check_divisible(tuple(x.shape[-2:]), self.patch_size, "x's height and width")
 
+    def _embedded_prefix(self) -> int:
+        """How many prefix tokens the position embedding covers (timm's ``no_embed_class``)."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         grid = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
         x = self.patch_embed(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
+        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self._embedded_prefix())
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token)
+                  if t is not None]
+        if self.no_embed_class:  # DeiT-III, DINOv2 with registers: embed the patches, then prepend
+            x = torch.cat(prefix + [x + pos], dim=1) if prefix else x + pos
+        else:  # the original ViT: prepend, then embed every token
+            x = (torch.cat(prefix + [x], dim=1) if prefix else x) + pos
         return self.pos_drop(x)
 
+    def token_layout(self) -> dict[str, slice]:
+        """Which token positions hold what: ``cls``, ``dist``, ``reg`` (where present) and
+        ``patches`` (row by row), as slices of the token dimension."""
+        layout, i = {}, 0
+        for name, n in (("cls", int(self.cls_token is not None)), ("dist", int(self.dist_token is not None)),
+                        ("reg", self.num_reg_tokens)):
+            if n:
+                layout[name] = slice(i, i + n)
+                i += n
+        layout["patches"] = slice(i, None)
+        return layout
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, C, H, W) -> normalised tokens (B, 1 + H/P * W/P, D)."""
+        """Image (B, C, H, W) -> normalised tokens (B, prefix + H/P * W/P, D)."""
         self.check_input(x)
         # Every residual add rides in the LayerNorm after it (Block's docstring); the embedding
         # gets no local name, so the first block's output replaces it in memory.
-        x, pending = self._embed(x), None
+        x, pending = self.norm_pre(self._embed(x)), None
         for blk in self.blocks:
             x, pending = self._run(blk, x, pending)
         if isinstance(self.norm, LayerNorm):
-            return self.norm.forward_add(x, pending)[1]
-        return x + pending
+            return self.norm.forward_add(x, pending.branch, pending.scale)[1]
+        return pending.add_to(x)
 
-    def _run(self, blk: Block, x: torch.Tensor, pending: torch.Tensor | None):
+    def _run(self, blk: Block, x: torch.Tensor, pending: Pending | None):
         if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, x, pending, use_reentrant=False)
         return blk(x, pending)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        """Tokens -> pooled features (``pre_logits``) or logits, as timm's ``forward_head``.
+
+        With a distillation token: the mean of both heads, or both logits as a pair in training
+        after ``set_distilled_training()`` (timm's behaviour)."""
+        if self.dist_token is not None:
+            cls, dist = x[:, 0], x[:, 1]
+            if pre_logits:
+                return (cls + dist) / 2
+            cls, dist = self.head(cls), self.head_dist(dist)  # timm: no head dropout here
+            if self.distilled_training and self.training:
+                return cls, dist
+            return (cls + dist) / 2
+        x = pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.attn_pool)
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_distilled_training(self, enable: bool = True) -> "FastViT":
+        """DeiT: in training, return the class and distillation logits apart (timm's name)."""
+        self.distilled_training = bool(enable)
+        return self
+
+    def forward(self, x: torch.Tensor):
         return self.forward_head(self.forward_features(x))
 
     # -- attention maps ------------------------------------------------------------------------
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The CLS token's attention row for every layer and head: fp32 (depth, B, heads, 1 + N_patches).
+        """The attention row of the model's query token for every layer and head, fp32.
 
-        ``maps[l, b, h, j]`` is the softmax weight the CLS query of layer ``l``, head ``h`` gives
-        token ``j`` (0 is the CLS token itself, then the patches row by row); each row sums to 1.
+        With a class token: the CLS row of every block, (depth, B, heads, N) over all N tokens
+        (``token_layout()`` says which columns are the CLS, distillation and register tokens and
+        which the patches, row by row). With attention pooling (``global_pool="map"``): the
+        learned query's row, (1, B, heads, N_patches). Each row sums to 1.
+
         Rebuilt from each attention call's logsumexp (``ops.cls_attention``), so on the
         ``triton`` backend no N x N matrix ever exists. Eval semantics (no dropout) and no
         gradients, whatever the model's mode, which is kept. Render with ``fastvit.viz.overlay``.
         """
-        def cls_row(attn, qkv, lse):
-            q, k, _ = attn.split_qkv(qkv)
-            return _ops.cls_attention(q, k, lse, attn.scale)
-        return torch.stack(self._probe_forward(x, cls_row))
+        if self.attn_pool is not None:
+            modules = [self.attn_pool]
+        elif self.cls_token is not None:
+            modules = [blk.attn for blk in self.blocks]
+        else:
+            raise ValueError("attention_maps needs a query token: this model has no class token and no attention "
+                             f"pooling (global_pool={self.global_pool!r}); attention_matrices(x) on the eager "
+                             "backend gives every row")
+
+        def first_row(module, q, k, lse):
+            return _ops.cls_attention(q, k, lse, module.scale)
+        return torch.stack(self._probe_forward(x, modules, first_row))
 
     @torch.no_grad()
     def attention_matrices(self, x: torch.Tensor) -> torch.Tensor:
-        """Every attention matrix, fp32 (depth, B, heads, N, N), for attention rollout.
+        """Every attention matrix of the blocks, fp32 (depth, B, heads, N, N), for attention rollout.
 
         Only on the ``eager`` backend (the one that holds these matrices anyway): memory grows as
         depth * B * heads * N^2 (180 MB for vit_base_patch16_224 at batch 8), so this is for small
-        inputs. ``attention_maps`` gives the CLS rows on every backend.
+        inputs. ``attention_maps`` gives the query rows on every backend.
         """
         self.check_input(x)
         backend = resolve_backend(self.backend, x.device, x.dtype)
@@ -185,42 +269,47 @@ class FastViT(nn.Module):
             raise RuntimeError(
                 f"attention_matrices needs the full N x N attention matrices, which only the 'eager' backend "
                 f"materialises (this model resolves to {backend!r}); call model.set_backend('eager') first, "
-                f"or use attention_maps(x) for the CLS rows on any backend")
+                f"or use attention_maps(x) for the query rows on any backend")
 
-        def full(attn, qkv, lse):
-            q, k, _ = attn.split_qkv(qkv)
-            return reference.attention_probs(q.float(), k.float(), attn.scale)
-        return torch.stack(self._probe_forward(x, full))
+        def full(module, q, k, lse):
+            return reference.attention_probs(q.float(), k.float(), module.scale)
+        return torch.stack(self._probe_forward(x, [blk.attn for blk in self.blocks], full))
 
-    def _probe_forward(self, x: torch.Tensor, row_fn) -> list[torch.Tensor]:
-        # The model's own forward, in eval mode, with every Attention handing its qkv and lse
-        # to ``row_fn``: the maps come from the very computation the model does.
+    def _probe_forward(self, x: torch.Tensor, modules, row_fn) -> list[torch.Tensor]:
+        # The model's own forward, in eval mode, with the probed modules handing their q, k and
+        # lse to ``row_fn``: the maps come from the very computation the model does.
         rows: list[torch.Tensor] = []
         was_training = self.training
         self.eval()
         try:
-            with probe_attention(self, lambda attn, qkv, lse: rows.append(row_fn(attn, qkv, lse))):
-                self.forward_features(x)
+            with probe_attention(modules, lambda m, q, k, lse: rows.append(row_fn(m, q, k, lse))):
+                self.forward(x)
         finally:
             self.train(was_training)
         return rows
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Bicubic (antialiased) resampling of the patch-grid part of ``pos_embed`` (1, prefix + H*W, D)
-    from ``old_grid`` to ``new_grid``; the CLS embedding is kept untouched. Interpolates in fp32."""
-    new_grid, old_grid = tuple(new_grid), tuple(old_grid)
-    if new_grid == old_grid:
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    if grid.shape[1] != old_grid[0] * old_grid[1]:
-        raise ValueError(f"pos_embed has {grid.shape[1]} patch positions but the grid {old_grid} needs "
-                         f"{old_grid[0] * old_grid[1]}")
-    dim = grid.shape[-1]
-    g = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    g = F.interpolate(g, size=new_grid, mode="bicubic", antialias=True, align_corners=False)
-    g = g.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, g], dim=1)
+def create_model(name: str, **overrides) -> FastViT:
+    """Build a registered variant, e.g. ``create_model("vit_base_patch16_224", num_classes=10)``."""
+    kwargs = model_config(name).kwargs()
+    kwargs.update(overrides)
+    return FastViT(**kwargs)
+
+
+def _activation(act_layer, gelu_approximate) -> str:
+    """One ``approximate`` from timm's ``act_layer`` name or fastvit's ``gelu_approximate``."""
+    from .ops._checks import check_approximate
+    if act_layer is not None:
+        if act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer must be one of {', '.join(map(repr, ACT_LAYERS))}, got {act_layer!r}")
+        if gelu_approximate is not None and gelu_approximate != ACT_LAYERS[act_layer]:
+            raise ValueError(f"act_layer={act_layer!r} and gelu_approximate={gelu_approximate!r} disagree; "
+                             f"give one of them")
+        return ACT_LAYERS[act_layer]
+    try:
+        return check_approximate("none" if gelu_approximate is None else gelu_approximate)
+    except ValueError as e:
+        raise ValueError(str(e).replace("approximate must", "gelu_approximate must")) from None
 
 
 def _check_divisible(size, patch, what: str) -> None:
@@ -229,7 +318,7 @@ def _check_divisible(size, patch, what: str) -> None:
 
 
 def _check_config(*, img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio,
-                  global_pool, gelu_approximate, rates) -> None:
+                  global_pool, reg_tokens, class_token, dist_token, norm_eps, rates) -> None:
     for name, v in (("in_chans", in_chans), ("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -240,82 +329,18 @@ def _check_config(*, img_size, patch_size, in_chans, num_classes, embed_dim, dep
     if not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}")
     _check_divisible(pair(img_size), pair(patch_size), "img_size")
-    if global_pool not in ("token", "avg"):
-        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-    if gelu_approximate not in ("none", "tanh"):
-        raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {gelu_approximate!r}")
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {', '.join(map(repr, GLOBAL_POOLS))}, got {global_pool!r}")
+    if global_pool == "token" and not class_token:
+        raise ValueError("global_pool='token' needs the class token; with class_token=False use 'avg', 'map' or ''")
+    if dist_token and (not class_token or global_pool != "token"):
+        raise ValueError("dist_token=True needs class_token=True and global_pool='token' (DeiT's distilled heads)")
+    if isinstance(reg_tokens, bool) or not isinstance(reg_tokens, int) or reg_tokens < 0:
+        raise ValueError(f"reg_tokens must be a non-negative int, got {reg_tokens!r}")
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not norm_eps > 0:
+        raise ValueError(f"norm_eps must be a positive float, got {norm_eps!r}")
     for name, r in rates.items():
         if not 0.0 <= r < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {r!r}")
 
 
-# -- variants ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VariantConfig:
-    img_size: int
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    num_classes: int = 1000
-    mlp_ratio: float = 4.0
-    in_chans: int = 3
-
-    def kwargs(self) -> dict:
-        return dict(self.__dict__)
-
-
-_VARIANTS: dict[str, VariantConfig] = {
-    "vit_tiny_patch16_224": VariantConfig(224, 16, 192, 12, 3),
-    "vit_small_patch16_224": VariantConfig(224, 16, 384, 12, 6),
-    "vit_base_patch16_224": VariantConfig(224, 16, 768, 12, 12),
-    "vit_base_patch32_224": VariantConfig(224, 32, 768, 12, 12),
-    "vit_base_patch8_224": VariantConfig(224, 8, 768, 12, 12),
-    "vit_large_patch16_224": VariantConfig(224, 16, 1024, 24, 16),
-    "vit_large_patch14_224": VariantConfig(224, 14, 1024, 24, 16),
-    "vit_huge_patch14_224": VariantConfig(224, 14, 1280, 32, 16),
-    # The seeds' CIFAR-10 family: 32 x 32 images, 4 x 4 patches, 10 classes.
-    "vit_cifar_small": VariantConfig(32, 4, 192, 12, 3, num_classes=10),
-    "vit_cifar_base": VariantConfig(32, 4, 384, 12, 6, num_classes=10),
-    "vit_cifar_large": VariantConfig(32, 4, 512, 24, 8, num_classes=10),
-}
-
-
-def list_models() -> list[str]:
-    return sorted(_VARIANTS)
-
-
-def model_config(name: str) -> VariantConfig:
-    if not isinstance(name, str) or name not in _VARIANTS:
-        close = difflib.get_close_matches(str(name), list(_VARIANTS), n=3, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown model name {name!r}{hint} (fastvit.list_models() lists all)")
-    return _VARIANTS[name]
-
-
-def create_model(name: str, **overrides) -> FastViT:
-    """Build a registered variant, e.g. ``create_model("vit_base_patch16_224", num_classes=10)``."""
-    kwargs = model_config(name).kwargs()
-    kwargs.update(overrides)
-    return FastViT(**kwargs)
-
-
-def count_params(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
-                 mlp_ratio=4.0, qkv_bias=True, global_pool="token", **_ignored) -> int:
-    """Parameter count from the architecture's formula, independent of any module."""
-    h, w = pair(img_size)
-    ph, pw = pair(patch_size)
-    d = embed_dim
-    hidden = int(d * mlp_ratio)
-    tokens = (h // ph) * (w // pw) + 1
-    patch = in_chans * ph * pw * d + d
-    embed = d + tokens * d  # cls token, position embeddings
-    block = (2 * d  # norm1
-             + 3 * d * d + (3 * d if qkv_bias else 0)  # qkv
-             + d * d + d  # proj
-             + 2 * d  # norm2
-             + d * hidden + hidden  # fc1
-             + hidden * d + d)  # fc2
-    final_norm = 2 * d
-    head = d * num_classes + num_classes if num_classes > 0 else 0
-    return patch + embed + depth * block + final_norm + head
