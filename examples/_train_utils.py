@@ -1,6 +1,6 @@
-"""Helpers of examples/train_cifar10.py (start from that script): CIFAR-10 data, MixUp/CutMix, the
-device of a process, random states, checkpoints and the progress bar; kept apart so that the
-script reads as the recipe."""
+"""Helpers of examples/train_cifar10.py (start from that script): CIFAR-10 data, MixUp/CutMix, a
+process's device and process group, random states, checkpoints and the progress bar; kept apart
+so that the script reads as the recipe."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,11 @@ import random
 import sys
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+import fastvit
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -138,7 +141,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
-# -- devices -------------------------------------------------------------------------------------
+# -- devices and processes -----------------------------------------------------------------------
 def env_int(name: str, default: int) -> int:
     text = os.environ.get(name, "")
     try:
@@ -169,6 +172,28 @@ def select_device(requested: str | None, world: int, local_rank: int) -> torch.d
         source = "LOCAL_RANK" if device.index is None else "--device"
         raise UsageError(f"{source}: expected a GPU index below {count} (the GPUs visible), got cuda:{index}")
     return torch.device("cuda", index)
+
+
+def setup_distributed(args):
+    """(rank, world_size, device); initialises the process group when launched by torchrun."""
+    world, rank, local_rank = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
+    device = select_device(args.device, world, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return rank, world, device
+
+
+def runnable_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend the model will use on ``device``; triton only where its kernels run."""
+    if backend == "triton" and not fastvit.backend.triton_supported(device):
+        raise UsageError(f"--backend: expected sdpa or eager on {device} (triton needs a CUDA GPU of compute "
+                         f"capability >= 8.0, or Triton's CPU interpreter with TRITON_INTERPRET=1), got 'triton'")
+    try:
+        return fastvit.resolve_backend(backend, device)
+    except (ValueError, RuntimeError) as e:  # e.g. FASTVIT_BACKEND names a backend that cannot run here
+        raise UsageError(str(e).splitlines()[0]) from None
 
 
 # -- random states -------------------------------------------------------------------------------

@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import fastvit
-from _train_utils import (CIFAR10, IMG_SIZE, NUM_CLASSES, Progress, UsageError, env_int, load_cifar10, mix_batch,
-                          normalize, resolve_resume, rng_state, save_checkpoint, save_weights, select_device,
-                          set_rng_state, soft_cross_entropy, synthetic_cifar10)
+from _train_utils import (CIFAR10, IMG_SIZE, NUM_CLASSES, Progress, UsageError, load_cifar10, mix_batch, normalize,
+                          resolve_resume, rng_state, runnable_backend, save_checkpoint, save_weights, set_rng_state,
+                          setup_distributed, soft_cross_entropy, synthetic_cifar10)
 
 PROG = "train_cifar10.py"
 
@@ -183,6 +183,11 @@ def model_kwargs(args) -> dict:
     return kw
 
 
+def model_overrides(args) -> dict:
+    """What the arguments change in the registered variant (the backend is not part of the model)."""
+    return {k: v for k, v in model_kwargs(args).items() if k != "backend"}
+
+
 def build_optimizer(model, args) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -204,29 +209,6 @@ def build_scheduler(optimizer, args, steps_per_epoch: int):
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# -- devices and processes -----------------------------------------------------------------------
-def setup_distributed(args):
-    """(rank, world_size, device); initialises the process group when launched by torchrun."""
-    world, rank, local_rank = env_int("WORLD_SIZE", 1), env_int("RANK", 0), env_int("LOCAL_RANK", 0)
-    device = select_device(args.device, world, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return rank, world, device
-
-
-def runnable_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend the model will use on ``device``; triton only where its kernels run."""
-    if backend == "triton" and not fastvit.backend.triton_supported(device):
-        raise UsageError(f"--backend: expected sdpa or eager on {device} (triton needs a CUDA GPU of compute "
-                         f"capability >= 8.0, or Triton's CPU interpreter with TRITON_INTERPRET=1), got 'triton'")
-    try:
-        return fastvit.resolve_backend(backend, device)
-    except (ValueError, RuntimeError) as e:  # e.g. FASTVIT_BACKEND names a backend that cannot run here
-        raise UsageError(str(e).splitlines()[0]) from None
 
 
 # -- loops ---------------------------------------------------------------------------------------
@@ -316,6 +298,9 @@ def main(argv=None) -> dict:
 def _run(args, rank, world, device, backend, train, test) -> dict:
     (train_x, train_y), (test_x, test_y) = train, test
     is_main = rank == 0
+    if len(train_x) // world < args.batch_size:  # each process drops its last partial batch
+        raise UsageError(f"--batch-size: expected at most {len(train_x) // world} ({len(train_x)} training "
+                         f"images on {world} process(es) must fill one batch), got {args.batch_size}")
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -331,9 +316,6 @@ def _run(args, rank, world, device, backend, train, test) -> dict:
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, drop_last=True, **loader_kw)
-    if len(train_loader) == 0:
-        raise UsageError(f"--batch-size: expected at most {len(train_set) // world} ({len(train_set)} training "
-                         f"images on {world} process(es) must fill one batch), got {args.batch_size}")
     test_set = Subset(CIFAR10(test_x, test_y, train=False), range(rank, len(test_y), world))  # each image once
     test_loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
 
@@ -345,7 +327,11 @@ def _run(args, rank, world, device, backend, train, test) -> dict:
     if args.resume:
         from safetensors.torch import load_file
         state_path, weights_path = resolve_resume(args.resume)
-        raw_model.load_state_dict(load_file(weights_path, device=str(device)))
+        try:
+            raw_model.load_state_dict(load_file(weights_path, device=str(device)))
+        except RuntimeError:  # missing, unexpected or differently shaped tensors: another architecture
+            raise UsageError(f"--resume: expected weights of the model these arguments build ({args.model} with "
+                             f"{model_overrides(args)}), got {weights_path!r}, made for another") from None
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -366,8 +352,7 @@ def _run(args, rank, world, device, backend, train, test) -> dict:
               f"device {device}, {world} process(es), {len(train_set)} train / {len(test_y)} test images",
               file=sys.stderr)
         with open(os.path.join(args.out, "config.json"), "w") as f:
-            kw = {k: v for k, v in model_kwargs(args).items() if k != "backend"}
-            json.dump({"model": args.model, "overrides": kw}, f, indent=1)
+            json.dump({"model": args.model, "overrides": model_overrides(args)}, f, indent=1)
 
     stats = {"epoch": start_epoch, "best_acc": best_acc}
     end_epoch = args.epochs if args.stop_after is None else min(args.epochs, args.stop_after)

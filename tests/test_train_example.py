@@ -82,6 +82,14 @@ def test_one_epoch_writes_loadable_checkpoints(tmp_path, capsys):
     if stats["test_acc"] > 0:
         assert (out / "best.safetensors").exists()
 
+    # resuming it as another architecture is a usage error, not a state_dict traceback
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", str(tmp_path / "data"), "--out", str(out), "--resume", str(out), "--epochs", "2"]
+                   + TINY + ["--depth", "2"])
+    assert e.value.code == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--resume: expected weights of the model these arguments build" in line and "'depth': 2" in line, line
+
 
 def test_resume_gives_bitwise_the_uninterrupted_weights(tmp_path):
     data = str(write_cifar(tmp_path / "data", n_train=48, n_test=16))
