@@ -94,13 +94,12 @@ class FastViT(nn.Module):
         """Truncated normal (std 0.02, cut at 2 std) for Linear weights, prefix tokens and position
         embeddings; zero biases; LayerNorm ones and zeros; Kaiming normal for the patch conv.
         Layer scales keep their ``init_values``."""
-        std = 0.02
         for p in (self.cls_token, self.dist_token, self.reg_token, self.pos_embed):
             if p is not None:
-                nn.init.trunc_normal_(p, std=std, a=-2 * std, b=2 * std)
+                _trunc_normal_(p)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+                _trunc_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
@@ -287,6 +286,23 @@ class FastViT(nn.Module):
         finally:
             self.train(was_training)
         return rows
+
+
+@torch.no_grad()
+def _trunc_normal_(t: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    """Normal(0, std) cut at 2 std, by redrawing the ~4.6 % of values outside: the same
+    distribution as ``nn.init.trunc_normal_(a=-2 std, b=2 std)``, whose inverse-CDF method is
+    several times slower at these bounds (ViT-B built in ~1 s instead of ~5 s)."""
+    if t.device.type == "meta":
+        return t
+    flat = t.view(-1).normal_(0.0, std)
+    redraw = (flat.abs() > 2 * std).nonzero().squeeze(1)
+    while redraw.numel():
+        values = torch.randn(redraw.numel(), dtype=t.dtype, device=t.device) * std
+        inside = values.abs() <= 2 * std
+        flat[redraw[inside]] = values[inside]
+        redraw = redraw[~inside]
+    return t
 
 
 def create_model(name: str, **overrides) -> FastViT:
