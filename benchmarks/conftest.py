@@ -5,9 +5,10 @@ pytest-benchmark. The cases are built by ``fastvit.profiling.speed`` (the same c
 * Targets: fp32 on CPU; fp16 and bf16 on CUDA (skipped with "needs CUDA" without a GPU). The
   triton backend is timed only on a GPU: on CPU it runs in Triton's interpreter, whose timing
   says nothing.
-* CPU cases are a quick subset by default (``CPU_DEFAULT``; ``torch.compile`` only for
-  ``CPU_COMPILE``): ``pytest benchmarks --benchmark-disable`` runs each once as a smoke test in
-  well under two minutes on two cores. ``FASTVIT_BENCH_FULL=1`` runs every CPU case.
+* CPU cases are a quick subset by default (``SUITE_CPU_CASES``; ``torch.compile`` only for
+  ``SUITE_CPU_COMPILE``; both in ``fastvit/profiling/defaults.py`` with the rest of the CPU
+  policy): ``pytest benchmarks --benchmark-disable`` runs each once as a smoke test in well
+  under two minutes on two cores. ``FASTVIT_BENCH_FULL=1`` runs every CPU case.
 * Timing synchronises the device inside the timed call (``torch.cuda.synchronize``); warm-up
   calls (which also compile) run before, untimed, and not at all under ``--benchmark-disable``.
   On CUDA ``triton.testing.do_bench``'s median is recorded in ``extra_info`` too.
@@ -26,23 +27,12 @@ import os
 import pytest
 import torch
 
-from fastvit.profiling import speed
+from fastvit.profiling import defaults, speed
 
 FULL = os.environ.get("FASTVIT_BENCH_FULL", "").strip().lower() not in ("", "0", "false", "no")
-RESOLUTIONS = (224, 384, 512, 1024)
-TARGETS = (("cpu", "fp32"), ("cuda", "fp16"), ("cuda", "bf16"))
+RESOLUTIONS = defaults.SUITE_RESOLUTIONS
+TARGETS = defaults.SUITE_TARGETS
 WARMUP = 2
-
-# What runs on CPU without FASTVIT_BENCH_FULL: op -> mode -> resolutions.
-CPU_DEFAULT = {
-    "attention": {"fwd": (224, 384, 512), "fwdbwd": (224, 384, 512)},
-    "layer_norm": {"fwd": RESOLUTIONS, "fwdbwd": RESOLUTIONS},
-    "mlp": {"fwd": (224, 384), "fwdbwd": (224, 384)},
-    "block": {"fwd": (224, 384), "fwdbwd": (224,)},
-    "model": {"fwd": (224,), "fwdbwd": (224,)},
-}
-# torch.compile on CPU compiles C++ with gcc: tens of seconds per case. Only these by default.
-CPU_COMPILE = {("attention", "fwd", 224), ("block", "fwd", 224)}
 
 
 def skip_reason(op: str, backend: str, mode: str, res: int, device: str) -> str | None:
@@ -53,11 +43,7 @@ def skip_reason(op: str, backend: str, mode: str, res: int, device: str) -> str 
     if reason:
         return reason
     if device == "cpu" and not FULL:
-        if backend == "compile" and (op, mode, res) not in CPU_COMPILE:
-            return ("CPU: torch.compile (inductor + gcc) takes tens of seconds per case, so only attention and "
-                    "block at 224px fwd run by default; set FASTVIT_BENCH_FULL=1 to run it")
-        if res not in CPU_DEFAULT[op][mode]:
-            return f"CPU: {op} {mode} at {res}px is slow here; set FASTVIT_BENCH_FULL=1 to run it"
+        return defaults.suite_cpu_skip_reason(op, backend, mode, res)
     return None
 
 
@@ -88,12 +74,7 @@ def bench_case(benchmark, backend, mode, res, target, request):
     benchmark.extra_info["work"] = ("matmul FLOPs = 2 x MACs, backward = 2 x forward" if case.flops else
                                     "minimum bytes: x read, y written (+ dy, x read, dx written)")
 
-    if device == "cuda":
-        def timed():
-            case.fn()
-            torch.cuda.synchronize()
-    else:
-        timed = case.fn
+    timed = speed.synchronized(case.fn, device)
 
     if not benchmark.disabled:
         for _ in range(WARMUP):
@@ -107,7 +88,7 @@ def bench_case(benchmark, backend, mode, res, target, request):
         if ms is not None:
             benchmark.extra_info["do_bench_median_ms"] = ms
             benchmark.extra_info.update({f"do_bench_{k}": v for k, v in case.metrics(ms / 1e3).items()})
-    del case, timed
+    case = timed = None  # drop the inputs before collecting, so the next case starts from a clean heap
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -121,9 +121,6 @@ def portable_command(argv, cwd=None, home=None) -> str:
     home = Path(home or Path.home())
 
     def clean(arg: str) -> str:
-        if "=" in arg and arg.startswith("--"):
-            opt, _, value = arg.partition("=")
-            return f"{opt}={clean(value)}"
         if not os.path.isabs(arg):
             return arg
         path = Path(os.path.normpath(arg))
@@ -134,6 +131,10 @@ def portable_command(argv, cwd=None, home=None) -> str:
         return f".../{path.name}" if path.name else "..."
 
     def quote(arg: str) -> str:  # keep ~/ outside the quotes, so a shell still expands it
+        if arg.startswith("--") and "=" in arg:
+            opt, _, value = arg.partition("=")
+            return f"{shlex.quote(opt)}={quote(value)}"
+        arg = clean(arg)
         return "~/" + shlex.quote(arg[2:]) if arg.startswith("~/") else shlex.quote(arg)
 
-    return " ".join(["fastvit"] + [quote(clean(a)) for a in argv])
+    return " ".join(["fastvit"] + [quote(a) for a in argv])

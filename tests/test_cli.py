@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from fastvit import count_params, model_config
+from fastvit import count_params, list_models, model_config
 from fastvit.cli import main
 from fastvit.profiling import report as report_mod
 
@@ -161,6 +161,61 @@ def test_cuda_without_cuda_one_line(capsys):
     assert err.count("\n") == 1 and "CUDA is not available" in err
 
 
+def test_unknown_model_lists_close_matches_and_the_list_command(capsys):
+    for argv in (["flops", "vit_bse_patch16_224"], ["memory", "--model", "vit_bse_patch16_224"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert "unknown model 'vit_bse_patch16_224'; did you mean vit_base_patch16_224" in err
+        assert "`fastvit list`" in err and "list_models()" not in err
+
+
+def test_list_prints_every_registered_name(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and out.splitlines() == list_models()
+    d, _ = run_json(capsys, "list")
+    assert [m["name"] for m in d] == list_models()
+    assert {m["name"]: m["patch_size"] for m in d}["vit_base_patch32_224"] == 32
+
+
+def _subcommand_parsers():
+    import argparse
+
+    from fastvit.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, sub.choices
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    parser, subs = _subcommand_parsers()
+    assert set(subs) == {"profile", "flops", "memory", "bench", "compile-report", "list"}
+    missing = []
+    for name, p in [("fastvit", parser), *subs.items()]:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            if not action.help or action.help == argparse.SUPPRESS or len(action.help) < 10:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+@pytest.mark.parametrize("command,options", [
+    ("memory", ["--resolutions", "--modes", "--batch", "--scope", "--depth", "--backends", "--keep-going"]),
+    ("bench", ["--ops", "--backends", "--modes", "--resolutions", "--batch", "--keep-going"]),
+    ("profile", ["--resolutions", "--backends", "--out", "--keep-going"]),
+])
+def test_subcommand_help_shows_each_option_with_its_text(capsys, command, options):
+    _, subs = _subcommand_parsers()
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    for opt in options:
+        (action,) = [a for a in subs[command]._actions if opt in a.option_strings]
+        assert opt in out and " ".join(action.help.split()[:4]) in " ".join(out.split()), opt
+
+
 def test_help_and_version(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "profile" in out and "compile-report" in out
@@ -210,6 +265,11 @@ def test_profile_writes_report(profile_run):
     assert {r["img_size"] for r in speed} == {32, 64}
     assert any(r["op"] == "attention" and r["backend"] == "sdpa" and r["available"] for r in speed)
     assert all(r["reason"].startswith("needs CUDA") for r in speed if r["backend"] == "triton")
+    # a row is "not run" only for a stated reason: no CUDA (triton timing), or the CPU policy
+    from fastvit.profiling.defaults import CPU_COMPILE_REASON
+    assert all(r["reason"].startswith("needs CUDA") or r["reason"] == CPU_COMPILE_REASON
+               for r in speed if not r["available"])
+    assert results["failures"] == [] and not any("error" in r for r in speed + mem)
     assert any("CPU run" in n for n in results["plan"]["notes"])
     # the progress bar went to stderr
     assert "done in" in err and "memory inference eager 32px" in err

@@ -184,11 +184,14 @@ def test_memory_table_rows_slopes_and_json():
     assert "log-log slope" in text and len(text.splitlines()) == 1 + 12 + 1 + 4
 
 
-def test_unavailable_rows_are_shown_with_their_reason():
-    rows = [dict(img_size=224, tokens=197, backend="triton", mode="inference", scope="attention", peak_bytes=None,
-                 model_bytes=10, available=False, reason="NotImplementedError: not yet", seconds=None)]
-    assert fit_slopes(rows)[0]["slope"] is None
-    assert "unavailable: NotImplementedError: not yet" in format_memory_table({"rows": rows, "slopes": []})
+def test_rows_not_run_and_failed_rows_are_shown_apart():
+    base = dict(img_size=224, tokens=197, mode="inference", scope="attention", peak_bytes=None, model_bytes=10,
+                available=False, seconds=None)
+    rows = [dict(base, backend="triton", reason="needs CUDA compute capability >= 8.0"),
+            dict(base, backend="sdpa", reason=None, error="RuntimeError: boom")]
+    assert [s["slope"] for s in fit_slopes(rows)] == [None, None]
+    text = format_memory_table({"rows": rows, "slopes": []})
+    assert "not run: needs CUDA compute capability >= 8.0" in text and "failed: RuntimeError: boom" in text
 
 
 def test_fit_slope_is_exact_on_power_laws():

@@ -236,7 +236,8 @@ def memory_table(model_or_name=DEFAULT_MODEL, resolutions=DEFAULT_RESOLUTIONS, *
     """Measure every (scope, mode, backend, resolution) combination. Attention-scope rows use the
     model's heads and head_dim for one layer; model-scope rows build the model with ``depth``
     blocks (default: all). A backend that cannot run here (see :func:`triton_unavailable`) gives
-    rows with ``available=False`` and the ``reason``; a case that raises raises. ``device`` defaults to CUDA when available, else CPU."""
+    rows with ``available=False`` and the ``reason``; a case that raises raises. ``device``
+    defaults to CUDA when available, else CPU."""
     from .flops import vit_shape
 
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -274,8 +275,9 @@ def format_memory_table(report: MemoryReport | dict) -> str:
     for r in d["rows"]:
         size = r["img_size"] if isinstance(r["img_size"], int) else "x".join(map(str, r["img_size"]))
         if not r.get("available", True):
+            why = f"failed: {r['error']}" if r.get("error") else f"not run: {r['reason']}"
             lines.append(f"{r['scope']:<10}{r['mode']:<10}{r['backend']:<8}{size:>6}{r['tokens']:>7}"
-                         f"{'n/a':>12}{_mb(r['model_bytes']):>12}  unavailable: {r['reason']}")
+                         f"{'n/a':>12}{_mb(r['model_bytes']):>12}  {why}")
             continue
         ratio = r["peak_bytes"] / r["model_bytes"] if r["model_bytes"] else float("nan")
         lines.append(f"{r['scope']:<10}{r['mode']:<10}{r['backend']:<8}{size:>6}{r['tokens']:>7}"

@@ -95,15 +95,15 @@ def model_memory_bytes(model_or_name, img_size=None, *, backend: str, mode: str,
     (B, N, D) activation, S one attention matrix (B, H, N, N), L one fp32 (B, H, N) row statistic
     and r = mlp_ratio:
 
-    inference (eager, sdpa): the larger of the attention phase, block input + norm1 output + qkv
-      (5 O) plus the attention's own peak (eager 2 S: scores and scaled scores, or its output and
-      the (B, N, H*D) copy, 2 O; fused O + L: output and logsumexp); and the MLP phase, block
-      input, residual, norm2 output, fc1 and GELU outputs ((3 + 2r) O).
-    inference (triton, the pending-residual form of ``FastViT._blocks_pending``): each block
-      holds its input and the previous MLP branch (2 O carried from the second block on, 1 O in
-      a one-block model), the add+norm pair (2 O), qkv, output and logsumexp: 8 O + L; or, in the
-      MLP, the attention branch, the second add+norm pair, the fused fc1+GELU output and fc2's:
-      (6 + r) O.
+    inference (every backend runs the form with each residual add folded into the next
+      LayerNorm): while a block runs, its caller still holds the block's input and the previous
+      block's MLP branch (2 O carried from the second block on; 1 O in a one-block model), and
+      the block holds norm1's add+norm pair (2 O; 1 O for the first block, whose input is h).
+      Attention phase: those, qkv (3 O) and the attention's own peak (eager 2 S: scores and
+      scaled scores, or its output and the (B, N, H*D) copy, 2 O; fused O + L: output and
+      logsumexp). MLP phase: the carry, norm2's add+norm pair (2 O) and the MLP's peak: fc1 and
+      GELU outputs at once, then the GELU output and fc2's (r O + max(r O, O)); triton's fused
+      fc1+GELU output and fc2's ((r + 1) O).
     training: autograd keeps per block (8 + 2r) O (block input, norm1 output, qkv, attention
       output, residual, norm2 output, fc1 and GELU outputs) plus S (eager: the probabilities) or
       L (fused: the logsumexp) and the LayerNorm statistics. The peak is the largest of: the last
@@ -131,14 +131,11 @@ def model_memory_bytes(model_or_name, img_size=None, *, backend: str, mode: str,
         attn_peak = attention_model_bytes(N, H, s.head_dim, backend=backend, mode="inference", batch=B, dtype=dtype)
         if eager:  # the (B, H, N, Dh) output is copied to (B, N, H*D) while qkv is alive
             attn_peak = max(attn_peak, 2 * O)
-        if triton:
-            carry = 2 * O if s.depth >= 2 else O
-            norm1 = 2 * O if s.depth >= 2 else O
-            terms = {"attention_phase": int(carry + norm1 + 3 * O + attn_peak),
-                     "mlp_phase": int(carry + 3 * O + r * O + O)}
-        else:
-            terms = {"attention_phase": int(5 * O + attn_peak),
-                     "mlp_phase": int(3 * O + 2 * r * O)}
+        carry = 2 * O if s.depth >= 2 else O
+        norm1 = 2 * O if s.depth >= 2 else O
+        mlp_peak = (r + 1) * O if triton else r * O + max(r * O, O)
+        terms = {"attention_phase": int(carry + norm1 + 3 * O + attn_peak),
+                 "mlp_phase": int(carry + 2 * O + mlp_peak)}
         return {"bytes": max(terms.values()), "terms": terms}
     per_block = 8 * O + 2 * r * O + (S if eager else L) + 2 * stats
     saved = s.depth * per_block

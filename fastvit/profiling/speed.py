@@ -21,11 +21,12 @@ from .defaults import DEFAULT_MODEL
 from .failures import CaseError, describe
 from .speed_cases import (DTYPES, MODES, OPS, SPEED_BACKENDS, SpeedCase, _check, backend_unavailable, build_case,
                           default_batch, dtype_name, op_backends, parse_dtype)
-from .timing import Timing, auto_reps, do_bench_median_ms, synchronize, time_fn, time_interleaved
+from .timing import (Timing, auto_reps, do_bench_median_ms, synchronize, synchronized, time_fn,
+                     time_interleaved)
 
 __all__ = ["OPS", "SPEED_BACKENDS", "MODES", "DTYPES", "SpeedCase", "Timing", "op_backends", "parse_dtype",
-           "dtype_name", "backend_unavailable", "default_batch", "build_case", "synchronize", "time_fn",
-           "time_interleaved", "do_bench_median_ms", "compare", "format_speed_table", "case_label"]
+           "dtype_name", "backend_unavailable", "default_batch", "build_case", "synchronize", "synchronized",
+           "time_fn", "time_interleaved", "do_bench_median_ms", "compare", "format_speed_table", "case_label"]
 
 
 def _release(device) -> None:

@@ -136,8 +136,9 @@ def _check(v, choices, name):
 
 @dataclass
 class _Work:
-    """What one op's case runs: ``body(*inputs)`` returns a tensor or a tuple of tensors, each
-    of ``out_shapes`` (the backward is seeded with random gradients of those shapes)."""
+    """What one op's case runs: ``body(*inputs)`` (``body(call, *inputs)`` when there is a
+    ``module``: ``call`` is the module, or its compiled form) returns a tensor or a tuple of
+    tensors, each of ``out_shapes`` (the backward is seeded with random gradients of those)."""
     inputs: tuple
     params: tuple
     body: Callable
@@ -145,7 +146,7 @@ class _Work:
     flops: int | None
     nbytes: int | None
     desc: str
-    module: torch.nn.Module | None = None  # compiled as a whole by the compile backend
+    module: torch.nn.Module | None = None  # what the compile backend compiles, when there is one
 
 
 def _attention_work(s, B, backend, leaf, kw) -> _Work:
@@ -175,22 +176,28 @@ def _mlp_work(s, B, backend, leaf, kw) -> _Work:
     N, D, Hd = s.tokens, s.embed_dim, s.mlp_hidden
     module = Mlp(D, Hd, backend=backend).to(**kw)
     x = leaf(B, N, D)
-    return _Work((x,), tuple(module.parameters()), module, ((B, N, D),), 4 * B * N * D * Hd, None,
+    return _Work((x,), tuple(module.parameters()), lambda call, x: call(x), ((B, N, D),), 4 * B * N * D * Hd, None,
                  f"x ({B}, {N}, {D})", module)
 
 
 def _block_work(s, B, backend, leaf, kw) -> _Work:
-    # The form the model runs: the block's input is x + pending (the previous block's MLP branch,
-    # its residual add folded into this block's norm1), and it returns (h, branch) for the next
-    # LayerNorm to add. Timing Block(...)(x, pending) times exactly what FastViT runs per block.
-    from ..layers import Block
+    # The form the model runs: the block's input is x + the previous block's MLP branch, still
+    # pending (its residual add folded into this block's norm1), and it returns (h, pending) for
+    # the next LayerNorm to add. Block(...)(x, Pending(branch)) is exactly what FastViT runs for
+    # every block but the first.
+    from ..layers import Block, Pending
 
     N, D, H, Dh, Hd = s.tokens, s.embed_dim, s.num_heads, s.head_dim, s.mlp_hidden
     module = Block(D, H, Hd / D, eps=LN_EPS, backend=backend).to(**kw)
-    x, pending = leaf(B, N, D), leaf(B, N, D)
+    x, branch = leaf(B, N, D), leaf(B, N, D)
+
+    def body(call, x, branch):
+        h, pending = call(x, Pending(branch))
+        return h, pending.branch
+
     flops = 2 * B * N * (4 * D * D + 2 * D * Hd) + 4 * B * H * N * N * Dh
-    return _Work((x, pending), tuple(module.parameters()), module, ((B, N, D), (B, N, D)), flops, None,
-                 f"x, pending ({B}, {N}, {D})", module)
+    return _Work((x, branch), tuple(module.parameters()), body, ((B, N, D), (B, N, D)), flops, None,
+                 f"x, pending branch ({B}, {N}, {D})", module)
 
 
 def _model_work(s, B, backend, leaf, kw, *, model, img_size, train) -> _Work:
@@ -202,7 +209,7 @@ def _model_work(s, B, backend, leaf, kw, *, model, img_size, train) -> _Work:
     # backward_flops leaves out the image's own gradient, which no one asks for
     flops = rep.flops + rep.backward_flops if train else rep.flops
     out = (B, module.num_classes) if module.num_classes else (B, s.embed_dim)
-    return _Work((img,), tuple(module.parameters()), module, (out,), flops, None,
+    return _Work((img,), tuple(module.parameters()), lambda call, img: call(img), (out,), flops, None,
                  f"images ({B}, 3, {img_size}, {img_size})", module)
 
 
@@ -246,12 +253,14 @@ def build_case(op: str, backend: str, mode: str, img_size: int, *, model: str = 
         work = _model_work(s, B, run_backend, leaf, kw, model=model, img_size=img_size, train=train)
     else:
         work = _WORK[op](s, B, run_backend, leaf, kw)
-    body = work.body
-    if work.module is not None:
-        work.module.train(train)
     if backend == "compile":
         torch._dynamo.reset()
-        body = torch.compile(work.module if work.module is not None else body, dynamic=False)
+    if work.module is not None:
+        work.module.train(train)
+        call = torch.compile(work.module, dynamic=False) if backend == "compile" else work.module
+        body = functools.partial(work.body, call)
+    else:
+        body = torch.compile(work.body, dynamic=False) if backend == "compile" else work.body
     flops = work.flops
     if train and op != "model" and flops is not None:
         flops = 3 * flops  # a backward is two matrix products per forward one

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["synchronize", "Timing", "time_fn", "time_interleaved", "auto_reps", "do_bench_median_ms"]
+__all__ = ["synchronize", "synchronized", "Timing", "time_fn", "time_interleaved", "auto_reps", "do_bench_median_ms"]
 
 
 def synchronize(device) -> None:
@@ -20,6 +20,20 @@ def synchronize(device) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def synchronized(fn: Callable[[], object], device) -> Callable[[], None]:
+    """``fn`` followed by a device synchronisation, for timers that only read a host clock
+    (pytest-benchmark): on CUDA the call returns when its kernels have finished, not when they
+    were queued. ``fn`` itself on a CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return fn
+
+    def call():
+        fn()
+        torch.cuda.synchronize(device)
+    return call
 
 
 @dataclass
