@@ -65,14 +65,20 @@ def test_set_img_size_equals_timm_dynamic():
     _check_same_function(ours, src, torch.randn(2, 3, 96, 80))
 
 
+def _swiglu(**kw):
+    from timm.layers import SwiGLUPacked
+    return SwiGLUPacked(**kw)
+
+
 @pytest.mark.parametrize("kwargs, feature", [
-    (dict(reg_tokens=4), "register tokens"),
-    (dict(init_values=1e-5), "layer scale"),
-    (dict(class_token=False, global_pool="avg"), "class token"),
-    (dict(no_embed_class=True), "no_embed_class"),
-    (dict(qk_norm=True), "qk_norm"),
-    (dict(pre_norm=True), "pre_norm"),
-    (dict(global_pool="map"), "map"),
+    (dict(global_pool="avgmax"), r"global_pool='avgmax' is not supported"),
+    (dict(scale_mlp_norm=True), r"an MLP other than fc1 -> GELU -> fc2 in blocks.0 .* is not supported"),
+    (dict(scale_attn_norm=True), r"a norm inside attention in blocks.0 \(scale_attn_norm\) is not supported"),
+    (dict(final_norm=False), r"neither of norm and fc_norm \(final_norm=False\) is not supported"),
+    (dict(mlp_layer=_swiglu), r"an MLP other than fc1 -> GELU -> fc2"),
+    (dict(pos_embed="none"), r"without absolute position embeddings"),
+    (dict(act_layer=torch.nn.SiLU), r"the activation SiLU in blocks.0 is not supported"),
+    (dict(norm_layer="rmsnorm"), r"is a RmsNorm; only LayerNorm with weight and bias is supported"),
 ])
 def test_from_timm_refuses_unsupported_features(kwargs, feature):
     src = TimmViT(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, **kwargs)
@@ -80,9 +86,17 @@ def test_from_timm_refuses_unsupported_features(kwargs, feature):
         fastvit.from_timm(src)
 
 
-def test_from_timm_refuses_other_types():
-    with pytest.raises(TypeError, match="timm VisionTransformer"):
+def test_from_timm_refuses_other_classes_by_name():
+    with pytest.raises(TypeError, match="timm VisionTransformer .* got Linear"):
         fastvit.from_timm(torch.nn.Linear(2, 2))
+    with pytest.raises(UnsupportedModelError, match="Eva class .* rotary position embeddings"):
+        fastvit.from_timm(timm.create_model("eva02_tiny_patch14_224", depth=1))
+    with pytest.raises(UnsupportedModelError, match="Apple's FastViT"):
+        fastvit.from_timm(timm.create_model("fastvit_t8"))
+    with pytest.raises(UnsupportedModelError, match="blocks.0 is a ParallelScalingBlock"):
+        # timm's *_xp_* models: parallel blocks with RMSNorm
+        fastvit.from_timm(timm.create_model("vit_large_patch14_xp_224", depth=1, embed_dim=64, num_heads=2,
+                                            img_size=28))
 
 
 TV_CASES = {

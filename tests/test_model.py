@@ -180,8 +180,10 @@ def test_public_api_names():
 def test_readme_model_table_matches_the_formula():
     import pathlib
     readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-    rows = [line for line in readme.read_text().splitlines() if line.startswith("| vit_")]
-    assert {r.split("|")[1].strip() for r in rows} == set(list_models())
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert int(cells[-1].replace(",", "")) == count_params(**model_config(cells[0]).kwargs()), cells[0]
+    text = readme.read_text()
+    header, _, *rows = text[text.index("<!-- model-table -->"):].split("\n\n")[0].splitlines()[1:]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    cells = [dict(zip(cols, (c.strip() for c in row.strip("|").split("|")))) for row in rows]
+    assert {c["model"] for c in cells} == set(list_models())
+    for c in cells:
+        assert int(c["params"].replace(",", "")) == count_params(**model_config(c["model"]).kwargs()), c["model"]

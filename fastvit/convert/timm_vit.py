@@ -62,6 +62,10 @@ def from_timm(model: nn.Module, backend: str = "auto") -> FastViT:
         raise TypeError(f"model must be a timm VisionTransformer (timm.create_model('vit_...')), got {cls_name}; "
                         f"torchvision ViTs convert with fastvit.from_torchvision")
 
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not TimmBlock:
+            _refuse(f"blocks.{i} is a {type(blk).__name__}; only timm's pre-norm Block is supported "
+                    f"(parallel blocks, as in the *_xp_* models, and residual-post-norm blocks are not)")
     dist = getattr(model, "dist_token", None) is not None
     if model.pos_embed is None:
         _refuse("a model without absolute position embeddings (pos_embed='none') is not supported")
@@ -99,9 +103,6 @@ def from_timm(model: nn.Module, backend: str = "auto") -> FastViT:
     proj_bias = first.attn.proj.bias is not None
     for i, blk in enumerate(blocks):
         where = f"blocks.{i}"
-        if type(blk) is not TimmBlock:
-            _refuse(f"{where} is a {type(blk).__name__}; only timm's pre-norm Block is supported "
-                    f"(parallel and residual-post-norm blocks are not)")
         a, mlp = blk.attn, blk.mlp
         if not hasattr(a, "qkv") or a.qkv is None:
             _refuse(f"separate q, k, v projections in {where} are not supported")

@@ -1,0 +1,176 @@
+"""timm's ViT families on FastViT: DeiT (distilled), DeiT-III, DINOv2 (+registers), CLIP (QuickGELU),
+SigLIP (MAP head), the average-pooled variants and qk_norm; converted with ``from_timm`` and held
+to timm's own outputs and input gradients (fp32, relative error <= 1e-5) on every backend.
+
+Models are timm's registered configurations at full width (real head dims: 64, 72) with depth 2
+and a small image (native: the size they are built at; then a non-square one), random weights
+everywhere (timm zero-initialises some, which would hide a missing term)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastvit
+from fastvit.layers import Pending
+from fastvit.profiling.launches import count_launches
+from tests._tolerances import rel_err
+
+timm = pytest.importorskip("timm")
+
+# name: (image size built at, patch grid of the second size)
+FAMILIES = {
+    "deit_tiny_distilled_patch16_224": (32, (2, 3)),
+    "deit3_small_patch16_224": (32, (3, 2)),
+    "vit_small_patch14_dinov2": (28, (2, 3)),
+    "vit_base_patch14_reg4_dinov2": (28, (3, 2)),
+    "vit_base_patch16_clip_224": (32, (2, 3)),
+    "vit_base_patch16_clip_quickgelu_224": (32, (3, 2)),
+    "vit_base_patch16_siglip_224": (32, (2, 3)),
+    "vit_so400m_patch14_siglip_224": (28, (2, 3)),
+    "vit_base_patch16_siglip_gap_224": (32, (3, 2)),
+    "vit_medium_patch16_gap_256": (32, (2, 3)),
+}
+
+
+def timm_model(name, img_size, **kw):
+    torch.manual_seed(0)
+    m = timm.create_model(name, pretrained=False, depth=2, img_size=img_size, dynamic_img_size=True, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.05 if p.dim() > 1 else 0.2)
+    return m.eval()
+
+
+def _outputs_and_grad(model, x, pre_logits=False):
+    x = x.clone().requires_grad_(True)
+    feats = model.forward_features(x)
+    out = model.forward_head(feats, pre_logits=pre_logits)
+    (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), x)
+    return feats.detach(), out.detach(), g
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "triton"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_equals_timm(name, backend):
+    size, grid = FAMILIES[name]
+    src = timm_model(name, size)
+    ours = fastvit.from_timm(src, backend=backend)
+    patch = ours.patch_size[0]
+    for hw in [(size, size), (grid[0] * patch, grid[1] * patch)]:
+        x = torch.randn(2, 3, *hw)
+        for pre_logits in (False, True):
+            f1, y1, g1 = _outputs_and_grad(ours, x, pre_logits)
+            f2, y2, g2 = _outputs_and_grad(src, x, pre_logits)
+            assert rel_err(f1, f2) <= 1e-5, (hw, "forward_features")
+            assert rel_err(y1, y2) <= 1e-5, (hw, pre_logits)
+            assert rel_err(g1, g2) <= 1e-5, (hw, pre_logits, "input gradient")
+
+
+def test_qk_norm_vit_equals_timm():
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    src = VisionTransformer(img_size=32, patch_size=8, embed_dim=160, depth=2, num_heads=2, qk_norm=True,
+                            num_classes=7, dynamic_img_size=True).eval()  # head_dim 80
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_(0.0, 0.05 if p.dim() > 1 else 0.2)
+    for backend in ("sdpa", "triton"):
+        ours = fastvit.from_timm(src, backend=backend)
+        assert "blocks.0.attn.q_norm.weight" in ours.state_dict()
+        x = torch.randn(2, 3, 24, 40)
+        for a, b in zip(_outputs_and_grad(ours, x), _outputs_and_grad(src, x)):
+            assert rel_err(a, b) <= 1e-5, backend
+
+
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) | {"deit3_base_patch16_384", "vit_large_patch14_dinov2",
+                                                         "vit_large_patch14_clip_224"}))
+def test_registered_names_have_timms_parameters_and_keys(name):
+    with torch.device("meta"):
+        src = timm.create_model(name, pretrained=False)
+        ours = fastvit.create_model(name)
+    assert fastvit.count_params(**fastvit.model_config(name).kwargs()) == sum(p.numel() for p in src.parameters())
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in src.state_dict().items()}
+
+
+def test_conversion_keeps_mode_dtype_and_distilled_training():
+    src = timm_model("deit_tiny_distilled_patch16_224", 32).train().to(torch.float64)
+    src.set_distilled_training(True)
+    ours = fastvit.from_timm(src, backend="sdpa")
+    assert ours.training and ours.pos_embed.dtype == torch.float64 and ours.distilled_training
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    cls, dist = ours(x)  # both heads in distilled training, as timm
+    cls2, dist2 = src(x)
+    assert rel_err(cls, cls2) <= 1e-12 and rel_err(dist, dist2) <= 1e-12
+    ours.eval()
+    src.eval()
+    assert rel_err(ours(x), src(x)) <= 1e-12  # the mean of both heads
+
+
+def test_layer_scale_rides_in_the_folded_add_seven_launches():
+    model = fastvit.create_model("vit_small_patch14_dinov2", depth=2, img_size=28, backend="triton").eval()
+    blk = model.blocks[1]
+    x, branch = torch.randn(1, 5, 384), torch.randn(1, 5, 384)
+    with torch.no_grad(), count_launches() as c:
+        blk(x, Pending(branch, model.blocks[0].ls2.gamma))
+    assert c.total == 7, c.to_dict()
+
+
+def test_attention_maps_label_prefix_tokens_and_map_query():
+    reg = fastvit.from_timm(timm_model("vit_base_patch14_reg4_dinov2", 28), backend="triton")
+    x = torch.randn(2, 3, 28, 42)
+    maps = reg.attention_maps(x)
+    layout = reg.token_layout()
+    assert set(layout) == {"cls", "reg", "patches"} and layout["reg"] == slice(1, 5)
+    assert maps.shape == (2, 2, 12, 1 + 4 + 6)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 2, 12))
+    # equal to row 0 of the eager attention matrices
+    full = copy.deepcopy(reg).set_backend("eager").attention_matrices(x)
+    torch.testing.assert_close(maps, full[..., 0, :], rtol=1e-5, atol=1e-6)
+
+    siglip = fastvit.from_timm(timm_model("vit_base_patch16_siglip_224", 32), backend="triton")
+    maps = siglip.attention_maps(torch.randn(2, 3, 32, 48))
+    assert maps.shape == (1, 2, 12, 6)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(1, 2, 12))
+
+    gap = fastvit.from_timm(timm_model("vit_medium_patch16_gap_256", 32), backend="sdpa")
+    with pytest.raises(ValueError, match="needs a query token"):
+        gap.attention_maps(torch.randn(1, 3, 32, 32))
+
+
+def _train(model, steps=4):
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(steps):
+        x = torch.randn(2, 3, 28, 28, generator=g)
+        loss = model(x).float().pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("kw", [dict(init_values=1e-1, reg_tokens=2, no_embed_class=True),
+                                dict(class_token=False, global_pool="map")], ids=["layerscale-reg", "map"])
+def test_training_parity_triton_vs_eager(kw):
+    torch.manual_seed(0)
+    eager = fastvit.FastViT(img_size=28, patch_size=14, embed_dim=64, depth=2, num_heads=2, num_classes=5,
+                            backend="eager", **kw)
+    fused = _train(copy.deepcopy(eager).set_backend("triton"))
+    _train(eager)
+    for (name, p), q in zip(fused.named_parameters(), eager.parameters()):
+        assert rel_err(p, q) <= 1e-5, name
+
+
+def test_load_checkpoint_reads_these_layouts(tmp_path):
+    from safetensors.torch import save_file
+    src = timm_model("vit_base_patch14_reg4_dinov2", 56)
+    path = tmp_path / "dinov2_reg.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    ours = fastvit.FastViT(img_size=28, patch_size=14, embed_dim=768, depth=2, num_heads=12, num_classes=0,
+                           init_values=1e-5, reg_tokens=4, no_embed_class=True, backend="sdpa")
+    fastvit.load_checkpoint(ours, path)  # pos_embed resampled from 4x4 to 2x2 patches
+    x = torch.randn(1, 3, 28, 28)
+    assert rel_err(ours(x), src(x)) <= 1e-5
