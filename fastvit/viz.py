@@ -88,14 +88,17 @@ def attention_rollout(matrices: torch.Tensor, head: int | None = None, residual:
 
 
 def cls_heatmap(maps, layer: int = -1, head: int | None = None, rollout: bool = False, index: int = 0,
-                grid: tuple[int, int] | None = None, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+                grid: tuple[int, int] | None = None, image_size: tuple[int, int] | None = None,
+                prefix_tokens: int = 1) -> torch.Tensor:
     """The CLS token's attention to the patches, as a float64 (grid_h, grid_w) map.
 
     ``maps`` (depth, B, heads, N) from ``model.attention_maps`` or (depth, B, heads, N, N) from
     ``model.attention_matrices``; ``layer`` picks the layer (negative counts from the end), ``head``
     one head (None: mean over heads), ``index`` the image in the batch. With ``rollout=True``
     (full matrices only) the map is the CLS row of the rollout up to ``layer``. The CLS token's
-    attention to itself is dropped. ``grid`` defaults to the factorisation of N - 1 closest to
+    attention to itself is dropped, with every other prefix token: ``prefix_tokens`` is
+    ``model.num_prefix_tokens`` (CLS, distillation and register tokens; 0 for the maps of a MAP
+    pooling head, which attend to the patches only). ``grid`` defaults to the factorisation of N - 1 closest to
     ``image_size``'s aspect ratio (square without it).
     """
     m = _check_maps(maps)
@@ -114,7 +117,9 @@ def cls_heatmap(maps, layer: int = -1, head: int | None = None, rollout: bool = 
     else:
         rows = m[layer, index, :, 0] if m.dim() == 5 else m[layer, index]
         row = rows.mean(dim=0) if head is None else rows[head]
-    patches = row[1:]
+    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or not 0 <= prefix_tokens < row.numel():
+        raise ValueError(f"prefix_tokens must be an int in [0, {row.numel()}), got {prefix_tokens!r}")
+    patches = row[prefix_tokens:]
     gh, gw = _grid(patches.numel(), grid, image_size)
     return patches.reshape(gh, gw)
 
@@ -172,13 +177,14 @@ def _image_to_uint8(image) -> np.ndarray:
 
 def overlay(image, maps, layer: int = -1, head: int | None = None, rollout: bool = False,
             path: str | os.PathLike | None = None, alpha: float = 0.5, cmap: str = "inferno", *,
-            index: int = 0, grid: tuple[int, int] | None = None):
-    """Paint the CLS attention of one layer over ``image``.
+            index: int = 0, grid: tuple[int, int] | None = None, prefix_tokens: int = 1):
+    """Paint the CLS (or MAP query) attention of one layer over ``image``.
 
     image   a PIL image, an (H, W[, 3]) array or a (3, H, W) tensor (floats in [0, 1], or any range
             stretched for display, e.g. normalised model inputs).
     maps    (depth, B, heads, 1 + N) from ``model.attention_maps(x)``, or (depth, B, heads, N, N)
-            from ``model.attention_matrices(x)``; ``index`` picks the image in the batch.
+            from ``model.attention_matrices(x)``; ``index`` picks the image in the batch;
+            ``prefix_tokens`` (``model.num_prefix_tokens``; 0 for MAP maps) are left out.
     layer   which layer (negative counts from the end); head: one head, or None for the mean.
     rollout attention rollout up to ``layer`` instead of the raw attention; needs the full
             matrices (``attention_matrices``, eager backend only): a ValueError otherwise.
@@ -195,7 +201,8 @@ def overlay(image, maps, layer: int = -1, head: int | None = None, rollout: bool
     colormap = _matplotlib_colormap(cmap)
     img = _image_to_uint8(image)
     h, w = img.shape[:2]
-    heat = cls_heatmap(maps, layer=layer, head=head, rollout=rollout, index=index, grid=grid, image_size=(h, w))
+    heat = cls_heatmap(maps, layer=layer, head=head, rollout=rollout, index=index, grid=grid, image_size=(h, w),
+                       prefix_tokens=prefix_tokens)
     lo, hi = heat.min(), heat.max()
     heat = (heat - lo) / (hi - lo) if hi > lo else torch.zeros_like(heat)
     heat = F.interpolate(heat[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]

@@ -174,3 +174,14 @@ def test_load_checkpoint_reads_these_layouts(tmp_path):
     fastvit.load_checkpoint(ours, path)  # pos_embed resampled from 4x4 to 2x2 patches
     x = torch.randn(1, 3, 28, 28)
     assert rel_err(ours(x), src(x)) <= 1e-5
+
+
+def test_overlay_leaves_register_tokens_out():
+    from fastvit.viz import cls_heatmap
+    model = fastvit.from_timm(timm_model("vit_base_patch14_reg4_dinov2", 28), backend="sdpa")
+    maps = model.attention_maps(torch.randn(1, 3, 42, 28))
+    heat = cls_heatmap(maps, prefix_tokens=model.num_prefix_tokens, image_size=(42, 28))
+    assert heat.shape == (3, 2)
+    torch.testing.assert_close(heat.flatten(), maps[-1, 0, :, 5:].mean(0).double())
+    with pytest.raises(ValueError, match="prefix_tokens must be an int"):
+        cls_heatmap(maps, prefix_tokens=11)
