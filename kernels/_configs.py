@@ -1,7 +1,11 @@
-"""Launch configurations of every kernel family, one section each, pruned by a named filter.
+"""Launch configurations of every kernel family, one section each, pruned by named filters.
 
-Autotuning (GPU only) runs over short lists with bucketed keys; under the interpreter each
-family uses one fixed configuration (the interpreter cannot benchmark).
+On a GPU the autotuned kernels (``kernels/_autotune.py: TunedKernel``) run ``triton.autotune``
+over a candidate list below, pruned by a named ``prune_*`` function, with bucketed keys. Kernels
+that are not autotuned (memory-bound passes, and every pass whose summation order fixes the bits
+of a gradient) take one fixed configuration each. Under the interpreter, which cannot benchmark,
+every kernel takes the configuration of the last section ("Under the interpreter"): the one
+place where the interpreter's choices are made.
 """
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from typing import NamedTuple
 
 import triton
 
+from ._autotune import config_key, merged_args
+
 # ============================================================================================
-# layer_norm (kernels/layer_norm.py)
+# layer_norm (kernels/layer_norm.py, kernels/layer_norm_bwd.py)
 # ============================================================================================
 # One row is held whole in registers, padded to BLOCK_N = next power of two of the width (at
 # least 64). Narrow rows are packed BLOCK_M per program up to a tile of 4096-8192 elements
@@ -21,16 +27,20 @@ import triton
 
 LAYER_NORM_MIN_BLOCK_N = 64
 LAYER_NORM_MAX_WIDTH = 16384
-# Under the interpreter programs run one after another and every operation has a fixed cost:
-# a few programs with large tiles are fastest. Tests run these shapes; the GPU configurations
-# run the same code with other constexprs (a test runs each of them once, too).
-LAYER_NORM_INTERPRET_PROGRAMS = 4
-LAYER_NORM_INTERPRET_TILE = 65536
 
 
 def layer_norm_block_n(n_cols: int) -> int:
     """The BLOCK_N bucket of a width: also the autotune key, so widths share compiled kernels."""
     return max(LAYER_NORM_MIN_BLOCK_N, triton.next_power_of_2(n_cols))
+
+
+def layer_norm_block_ns() -> list[int]:
+    """Every BLOCK_N bucket, narrowest first."""
+    out, block_n = [], layer_norm_block_n(1)
+    while block_n <= layer_norm_block_n(LAYER_NORM_MAX_WIDTH):
+        out.append(block_n)
+        block_n *= 2
+    return out
 
 
 def layer_norm_fwd_configs_for(block_n: int) -> list[tuple[int, int]]:
@@ -48,24 +58,21 @@ def layer_norm_fwd_configs_for(block_n: int) -> list[tuple[int, int]]:
 def layer_norm_fwd_autotune_configs() -> list[triton.Config]:
     """Every forward config of every bucket; ``prune_layer_norm_fwd_configs`` keeps a bucket's."""
     seen, configs = set(), []
-    block_n = LAYER_NORM_MIN_BLOCK_N
-    while block_n <= layer_norm_block_n(LAYER_NORM_MAX_WIDTH):
+    for block_n in layer_norm_block_ns():
         for block_m, warps in layer_norm_fwd_configs_for(block_n):
             if (block_m, warps) not in seen:
                 seen.add((block_m, warps))
                 configs.append(triton.Config({"BLOCK_M": block_m}, num_warps=warps, num_stages=1))
-        block_n *= 2
     return configs
 
 
 def prune_layer_norm_fwd_configs(configs, named_args, **kwargs):
     """Keep the configs of this BLOCK_N bucket, and no BLOCK_M beyond the number of rows (in
     bucketed form) unless nothing else is left."""
-    block_n = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
-    rows_bucket = named_args["rows_bucket"]
-    allowed = set(layer_norm_fwd_configs_for(block_n))
+    args = merged_args(named_args, kwargs)
+    allowed = set(layer_norm_fwd_configs_for(args["BLOCK_N"]))
     mine = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps) in allowed]
-    fitting = [c for c in mine if c.kwargs["BLOCK_M"] <= rows_bucket]
+    fitting = [c for c in mine if c.kwargs["BLOCK_M"] <= args["rows_bucket"]]
     if fitting:
         return fitting
     smallest = min(c.kwargs["BLOCK_M"] for c in mine)
@@ -102,20 +109,6 @@ def layer_norm_bwd_config(block_n: int) -> LayerNormBwdConfig:
     return LayerNormBwdConfig(False, tile // block_n, block_n, warps, {8: 3, 16: 2}[warps])
 
 
-def layer_norm_interpret_fwd_config(block_n: int, n_rows: int) -> tuple[int, int]:
-    """(BLOCK_M, num_warps) of the forward under the interpreter (no autotuning there)."""
-    block_m = max(1, LAYER_NORM_INTERPRET_TILE // block_n)
-    return min(block_m, triton.next_power_of_2(max(n_rows, 1))), 4
-
-
-def layer_norm_interpret_bwd_config(block_n: int) -> LayerNormBwdConfig:
-    """The backward's configuration under the interpreter: the GPU's kernel choice (register
-    or chunked by width), with larger tiles."""
-    if block_n > LAYER_NORM_BWD_MAX_REGISTER_WIDTH:
-        return LayerNormBwdConfig(True, 1, 8192, 4, 1)
-    return LayerNormBwdConfig(False, max(1, LAYER_NORM_INTERPRET_TILE // block_n), block_n, 4, 1)
-
-
 def layer_norm_dwdb_config(n_cols: int) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_N, num_warps) of the dweight/dbias reduction over partial rows: narrow
     column blocks, so even a 192-wide weight is summed by a few programs."""
@@ -123,28 +116,16 @@ def layer_norm_dwdb_config(n_cols: int) -> tuple[int, int, int]:
     return 32, block_n, 4
 
 
-def layer_norm_interpret_dwdb_config(n_cols: int) -> tuple[int, int, int]:
-    """The reduction under the interpreter: one block of partial rows (there are at most
-    LAYER_NORM_INTERPRET_PROGRAMS), wide column blocks, few programs."""
-    return LAYER_NORM_INTERPRET_PROGRAMS, min(4096, layer_norm_block_n(n_cols)), 4
-
-
 # ============================================================================================
-# attention (kernels/attention.py)
+# attention (kernels/attention.py, kernels/attention_bwd.py)
 # ============================================================================================
 # Three autotuned kernels: the forward and dQ (a block of BLOCK_M queries against all keys) and
 # dK/dV (a block of BLOCK_N keys against all queries). Autotune keys: next power of two of Nq
 # and Nk, head_dim, dropout, dot precision, and the dtype (added by the autotuner). The one
 # candidate list per kernel is pruned per (padded head dim, dtype, dropout) by
-# ``attention_config_fits``;
-# ``attention_configs`` is what survives, and ``kernels/attention.py: aot_specs`` compiles
+# ``attention_config_fits``; ``attention_configs`` is what survives, and ``aot_specs`` compiles
 # exactly that for sm_80 and sm_90 (tests/test_attention_compile.py: no spills, shared memory
 # within the limit, tensor-core instructions).
-
-# Under the interpreter the cost is per block iteration (each nested @triton.jit call re-patches
-# triton.language), not per element: 128 x 128 tiles run the test shapes 2-3x faster than 64 x 64
-# and still leave multi-block masked tails at N = 197, 257, 577.
-ATTENTION_INTERPRET_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 4, "num_stages": 1}
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) before pruning, in order of preference; every tl.dot
 # dimension stays >= 16. The first ATTENTION_MAX_CONFIGS that pass the filter are tuned over:
@@ -158,6 +139,7 @@ _ATTENTION_CANDIDATES = {
              (16, 16, 4, 2)],
 }
 ATTENTION_MAX_CONFIGS = 2
+ATTENTION_KERNELS = tuple(_ATTENTION_CANDIDATES)
 
 # Shared memory budget per block: sm_86/sm_89 allow 99 KB (sm_80 163 KB, sm_90 227 KB), so every
 # kept configuration launches on any compute capability >= 8.0.
@@ -173,6 +155,10 @@ ATTENTION_MAX_DROPOUT_VALUES = 16
 ATTENTION_MAX_FP32_VALUES = 80
 
 
+def _attention_config(m: int, n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
 def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages: int, block_d: int,
                             elem: int) -> int:
     """Shared memory of the pipelined loads as Triton lays them out on sm_90 (sm_80 uses one
@@ -185,7 +171,7 @@ def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages:
 
 def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: int, num_stages: int,
                           block_d: int, elem: int, dropout: bool = False) -> bool:
-    """The named prune filter of the attention configurations.
+    """The filter behind the attention prune functions.
 
     Registers: per thread, the fp32 accumulators (BLOCK x BLOCK_D: o or dq; dk and dv) plus two
     score-sized tiles (s and p, or p and dp) must stay <= ATTENTION_MAX_TILE_VALUES. fp32 inputs
@@ -217,40 +203,45 @@ def attention_configs(kernel: str, block_d: int, dtype, dropout: bool = False) -
     elem = dtype.itemsize
     kept = [c for c in _ATTENTION_CANDIDATES[kernel] if attention_config_fits(kernel, *c, block_d, elem, dropout)]
     kept = kept[:ATTENTION_MAX_CONFIGS] or [_ATTENTION_CANDIDATES[kernel][-1]]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in kept]
+    return [_attention_config(*c) for c in kept]
 
 
-ATTENTION_CONFIGS = {
-    kernel: [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in cands]
-    for kernel, cands in _ATTENTION_CANDIDATES.items()
-}
+ATTENTION_CONFIGS = {kernel: [_attention_config(*c) for c in cands] for kernel, cands in _ATTENTION_CANDIDATES.items()}
 
 
-def prune_attention_configs(kernel: str, configs, named_args, **kwargs):
-    """``early_config_prune`` of the attention autotuners (bound to a kernel with functools.partial)."""
-    args = {**named_args, **kwargs}
-    keep = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-            for c in attention_configs(kernel, args["BLOCK_D"], args["Q"].dtype, bool(args["DROPOUT"]))}
-    return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in keep]
+def _prune_attention(kernel: str, configs, named_args, kwargs):
+    args = merged_args(named_args, kwargs)
+    keep = {config_key(c) for c in attention_configs(kernel, args["BLOCK_D"], args["Q"].dtype, bool(args["DROPOUT"]))}
+    return [c for c in configs if config_key(c) in keep]
+
+
+def prune_attention_fwd_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of the forward: ``attention_configs("fwd", ...)`` for the launch."""
+    return _prune_attention("fwd", configs, named_args, kwargs)
+
+
+def prune_attention_dkdv_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of dK/dV: ``attention_configs("dkdv", ...)`` for the launch."""
+    return _prune_attention("dkdv", configs, named_args, kwargs)
+
+
+def prune_attention_dq_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of dQ: ``attention_configs("dq", ...)`` for the launch."""
+    return _prune_attention("dq", configs, named_args, kwargs)
 
 
 # ============================================================================================
-# linear_gelu (kernels/linear_gelu.py)
+# linear_gelu (kernels/linear_gelu.py, kernels/linear_gelu_bwd.py)
 # ============================================================================================
-# The GEMM (GELU(x @ W^T + b) in its epilogue) is timed on a GPU against cuBLAS + the
-# elementwise epilogue kernel, per bucketed (M, N, K), dtype and dot precision; the faster wins
-# (kernels/linear_gelu.py: _choose_gpu). Candidates below, pruned by
-# ``prune_linear_gelu_configs``. All fit sm_80's 163 KB of shared memory (sm_90 has 227 KB), so
-# ``aot_specs`` compiles every one of them for both; GPUs with less (sm_86/89: 99 KB) prune the
-# big ones at run time. Elementwise kernels (epilogue, GELU backward, bias-gradient reduction)
-# use one fixed configuration each: memory-bound, and the backward's must not depend on a
-# timing (its partial sums fix the bits of the bias gradient).
-
-# The interpreter runs each program's block ops in numpy: moderate tiles, few programs. GROUP_M
-# 3 (not a power of two) so the usual test shapes (M ~ 200: 4 row blocks) end in a partial group;
-# the split epilogue is the one the big GPU tiles use.
-LINEAR_GELU_INTERPRET = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 3, "EPILOGUE_SPLIT": 2,
-                         "num_warps": 4, "num_stages": 1}
+# The GEMM (GELU(x @ W^T + b) in its epilogue) is autotuned on a GPU over the candidates below,
+# pruned by ``prune_linear_gelu_configs``, keyed on the bucketed M, N, K, the epilogue variant,
+# the dot precision and the dtype; the tuned GEMM then races cuBLAS + the elementwise epilogue
+# kernel once per key and the faster path is kept (kernels/linear_gelu.py: _choose_gpu). All
+# candidates fit sm_80's 163 KB of shared memory (sm_90 has 227 KB), so ``aot_specs`` compiles
+# every one of them for both; GPUs with less (sm_86/89: 99 KB) prune the big ones at run time.
+# Elementwise kernels (epilogue, GELU backward, bias-gradient reduction) use one fixed
+# configuration each: memory-bound, and the backward's must not depend on a timing (its partial
+# sums fix the bits of the bias gradient).
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). At most 64 accumulator values
 # per thread: with 128 (e.g. 128 x 256 on 8 warps) the GELU epilogue spills registers even when
@@ -266,10 +257,14 @@ _LINEAR_GELU_MMA_TF32 = [  # fp32 operands, TF32 tensor cores (torch.backends.cu
 _LINEAR_GELU_FMA_FP32 = [  # exact fp32 dots run on FMA units, where cuBLAS's SGEMM usually wins
     (64, 64, 32, 8, 4, 3),
 ]
-_LINEAR_GELU_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 
 
-def linear_gelu_gemm_configs(dtype, precision: str) -> list[dict]:
+def _gemm_config(m: int, n: int, k: int, group: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group, "EPILOGUE_SPLIT": 2},
+                         num_warps=warps, num_stages=stages)
+
+
+def linear_gelu_gemm_configs(dtype, precision: str) -> list[triton.Config]:
     """Every GEMM configuration the GPU autotuner may try for operands of ``dtype`` with dot
     precision ``precision`` ("ieee" / "tf32"), before shape pruning."""
     import torch
@@ -277,54 +272,122 @@ def linear_gelu_gemm_configs(dtype, precision: str) -> list[dict]:
         table = _LINEAR_GELU_MMA_TF32 if precision == "tf32" else _LINEAR_GELU_FMA_FP32
     else:
         table = _LINEAR_GELU_MMA_16BIT
-    return [{**dict(zip(_LINEAR_GELU_KEYS, c)), "EPILOGUE_SPLIT": 2} for c in table]
+    return [_gemm_config(*c) for c in table]
 
 
-def linear_gelu_smem_bytes(cfg: dict, elem: int) -> int:
+# The autotuner's one candidate list: every table, once.
+LINEAR_GELU_CONFIGS = list({config_key(c): c for c in (
+    [_gemm_config(*c) for c in _LINEAR_GELU_MMA_16BIT + _LINEAR_GELU_MMA_TF32 + _LINEAR_GELU_FMA_FP32])}.values())
+
+
+def linear_gelu_smem_bytes(cfg: triton.Config, elem: int) -> int:
     """Shared memory of the pipelined operand tiles: num_stages x (X tile + W tile)."""
-    return cfg["num_stages"] * (cfg["BLOCK_M"] + cfg["BLOCK_N"]) * cfg["BLOCK_K"] * elem
+    return cfg.num_stages * (cfg.kwargs["BLOCK_M"] + cfg.kwargs["BLOCK_N"]) * cfg.kwargs["BLOCK_K"] * elem
 
 
-def prune_linear_gelu_configs(configs: list[dict], *, M: int, N: int, K: int, dtype, smem_limit: int) -> list[dict]:
-    """Named prune filter of the linear_gelu GEMM: tiles within the device's shared memory, and
-    no tile dimension beyond the (power-of-two bucketed) problem dimension, so a small GEMM is
-    not timed with tiles that are mostly padding. Never empty: the smallest tile remains."""
+def shared_memory_limit(device) -> int:
+    """Opt-in shared memory per block of a CUDA device, bytes."""
+    import torch
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
+
+
+def linear_gelu_fitting_configs(configs, *, M: int, N: int, K: int, dtype, smem_limit: int) -> list[triton.Config]:
+    """Configs within the device's shared memory and with no tile dimension beyond the
+    (power-of-two bucketed) problem dimension, so a small GEMM is not timed with tiles that are
+    mostly padding. Never empty: the smallest tile remains."""
     elem = dtype.itemsize
 
     def bucket(n):
         return max(16, triton.next_power_of_2(n))
 
     fitting = [c for c in configs if linear_gelu_smem_bytes(c, elem) <= smem_limit]
-    shaped = [c for c in fitting if c["BLOCK_M"] <= bucket(M) and c["BLOCK_N"] <= bucket(N)
-              and c["BLOCK_K"] <= bucket(K)]
+    shaped = [c for c in fitting if c.kwargs["BLOCK_M"] <= bucket(M) and c.kwargs["BLOCK_N"] <= bucket(N)
+              and c.kwargs["BLOCK_K"] <= bucket(K)]
     if shaped:
         return shaped
     pool = fitting or configs
-    return [min(pool, key=lambda c: (c["BLOCK_M"] * c["BLOCK_N"], linear_gelu_smem_bytes(c, elem)))]
+    return [min(pool, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], linear_gelu_smem_bytes(c, elem)))]
 
 
-def linear_gelu_epilogue_config(interpret: bool | None = None, dtype=None) -> dict:
+def prune_linear_gelu_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of the GEMM: the table of the operands' dtype and dot precision,
+    then ``linear_gelu_fitting_configs`` for the launch's shape and device."""
+    args = merged_args(named_args, kwargs)
+    dtype = args["X"].dtype
+    table = {config_key(c) for c in linear_gelu_gemm_configs(dtype, args["INPUT_PRECISION"])}
+    mine = [c for c in configs if config_key(c) in table]
+    return linear_gelu_fitting_configs(mine, M=args["M"], N=args["N"], K=args["K"], dtype=dtype,
+                                       smem_limit=shared_memory_limit(args["X"].device))
+
+
+def linear_gelu_epilogue_config(dtype) -> dict:
     """bias + GELU after a torch.matmul (the cuBLAS path): (BLOCK_M x BLOCK_N) tile per program.
     float64 gets a quarter of the tile: fp64 erf on 32 values per thread spills registers."""
     import torch
-
-    from ._interpret import interpreting
-    if interpreting() if interpret is None else interpret:
-        return {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4}
     return {"BLOCK_M": 16, "BLOCK_N": 64 if dtype == torch.float64 else 256, "num_warps": 4}
 
 
-def linear_gelu_bwd_config(interpret: bool | None = None, dtype=None) -> dict:
+def linear_gelu_bwd_config(dtype) -> dict:
     """dpre = dy * GELU'(pre): BLOCK_M x BLOCK_N tiles, each program looping over enough of them
     that about TARGET_PROGRAMS programs run (each one writes one fp32 partial row of dbias).
     float64 gets a quarter of the tile: fp64 erf/exp on 32 values per thread spill registers."""
     import torch
-
-    from ._interpret import interpreting
-    if interpreting() if interpret is None else interpret:
-        return {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "TARGET_PROGRAMS": 8}
     return {"BLOCK_M": 16, "BLOCK_N": 64 if dtype == torch.float64 else 256, "num_warps": 4, "TARGET_PROGRAMS": 1024}
 
 
 # Second pass of the bias gradient: sums P partial rows, BLOCK_P at a time, fixed order.
 LINEAR_GELU_BIAS_REDUCE = {"BLOCK_P": 32, "BLOCK_N": 64, "num_warps": 4}
+
+
+# ============================================================================================
+# Under the interpreter
+# ============================================================================================
+# Programs run one after another in numpy and every block operation has a fixed cost (each
+# nested @triton.jit call re-patches triton.language): a few programs with large tiles are
+# fastest. The test shapes still end in partial blocks with these; every GPU configuration above
+# is also run once in the interpreter by the tests (tests/test_*_configs.py).
+
+# 128 x 128 tiles run the attention test shapes 2-3x faster than 64 x 64 and still leave
+# multi-block masked tails at N = 197, 257, 577.
+ATTENTION_INTERPRET = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=4, num_stages=1)
+
+LAYER_NORM_INTERPRET_PROGRAMS = 4
+LAYER_NORM_INTERPRET_TILE = 65536
+
+# GROUP_M 3 (not a power of two) so the usual test shapes (M ~ 200: 4 row blocks) end in a
+# partial group; the split epilogue is the one the big GPU tiles use.
+LINEAR_GELU_INTERPRET = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 3, "EPILOGUE_SPLIT": 2},
+                                      num_warps=4, num_stages=1)
+
+
+def attention_interpret_config(args: dict) -> triton.Config:
+    """Forward, dK/dV and dQ alike."""
+    return ATTENTION_INTERPRET
+
+
+def layer_norm_interpret_fwd_config(args: dict) -> triton.Config:
+    """A tile of LAYER_NORM_INTERPRET_TILE elements, no more rows than the input has."""
+    block_m = max(1, LAYER_NORM_INTERPRET_TILE // args["BLOCK_N"])
+    return triton.Config({"BLOCK_M": min(block_m, args["rows_bucket"])}, num_warps=4, num_stages=1)
+
+
+def layer_norm_interpret_bwd_config(block_n: int) -> LayerNormBwdConfig:
+    """The GPU's kernel choice (register or chunked by width), with larger tiles and programs."""
+    if block_n > LAYER_NORM_BWD_MAX_REGISTER_WIDTH:
+        return LayerNormBwdConfig(True, 1, 8192, 4, 1)
+    return LayerNormBwdConfig(False, max(1, LAYER_NORM_INTERPRET_TILE // block_n), block_n, 4, 1)
+
+
+def layer_norm_interpret_dwdb_config(n_cols: int) -> tuple[int, int, int]:
+    """One block of partial rows (there are at most LAYER_NORM_INTERPRET_PROGRAMS), wide column
+    blocks, few programs."""
+    return LAYER_NORM_INTERPRET_PROGRAMS, min(4096, layer_norm_block_n(n_cols)), 4
+
+
+def linear_gelu_interpret_config(args: dict) -> triton.Config:
+    return LINEAR_GELU_INTERPRET
+
+
+LINEAR_GELU_INTERPRET_EPILOGUE = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4}
+LINEAR_GELU_INTERPRET_BWD = {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "TARGET_PROGRAMS": 8}

@@ -33,13 +33,6 @@ def dot(a, b, acc, INPUT_PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
 
-TORCH_TO_TL = {
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-    torch.float32: tl.float32,
-}
-
-
 def input_precision(dtype: torch.dtype) -> str:
     """The ``tl.dot`` precision for operands of ``dtype``.
 

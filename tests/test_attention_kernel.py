@@ -1,5 +1,8 @@
-"""Triton fused attention (kernels/attention.py + fastvit/ops/_attention_triton.py) on the CPU
-interpreter: forward, backward, dropout, the packed-qkv path, compile/export and bad input.
+"""Triton fused attention (kernels/attention.py, kernels/attention_bwd.py and
+fastvit/ops/_attention_triton.py) through the launchers and the op: forward, backward, layouts,
+the packed-qkv path, determinism and dropout. (The op layer's own tests: test_attention_ops.py;
+every GPU configuration and the simulated GPU path: test_attention_configs.py.) On the device
+of the ``device`` fixture: the interpreter on CPU, or a GPU with FASTVIT_TEST_ON_GPU=1.
 
 Oracle: softmax(q k^T * scale) v spelled out in float64 (``fastvit.reference``). fp32 must be
 within 1e-5 relative error; fp16/bf16 within 2x the error of plain PyTorch in the same dtype.
@@ -15,6 +18,7 @@ import torch
 import fastvit.ops as ops
 from fastvit import reference
 from fastvit.kernels import attention as K
+from fastvit.kernels import attention_bwd as KB
 from fastvit.ops import _attention_triton as T
 from tests._tolerances import assert_close_to_reference, rel_err
 
@@ -26,11 +30,8 @@ LOWP = (torch.float16, torch.bfloat16)
 # ----------------------------------------------------------------------------------------------
 
 
-def _qkv(B, H, n_q, n_k, D, dtype, std=1.0):
-    q = (torch.randn(B, H, n_q, D) * std).to(dtype)
-    k = (torch.randn(B, H, n_k, D) * std).to(dtype)
-    v = torch.randn(B, H, n_k, D).to(dtype)
-    return q, k, v
+def _qkv(B, H, n_q, n_k, D, dtype, device):
+    return tuple(torch.randn(B, H, n, D, device=device).to(dtype) for n in (n_q, n_k, n_k))
 
 
 def _torch_attention(q, k, v, dout, scale, keep=None, p=0.0, dtype=None):
@@ -52,10 +53,10 @@ def _torch_attention(q, k, v, dout, scale, keep=None, p=0.0, dtype=None):
 def _launch(q, k, v, dout, scale, p=0.0, seed=0):
     """Launchers with NaN-poisoned outputs."""
     B, H, n_q, D = q.shape
-    out = torch.full(q.shape, float("nan"), dtype=q.dtype)
-    lse = torch.full((B, H, n_q), float("nan"))
+    out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
+    lse = torch.full((B, H, n_q), float("nan"), device=q.device)
     out, lse = K.attention_fwd(q, k, v, sm_scale=scale, dropout_p=p, seed=seed, out=out, lse=lse)
-    grads = tuple(torch.full(t.shape, float("nan"), dtype=t.dtype) for t in (q, k, v))
+    grads = tuple(torch.full(t.shape, float("nan"), dtype=t.dtype, device=t.device) for t in (q, k, v))
     dq, dk, dv = K.attention_bwd(dout, q, k, v, out, lse, sm_scale=scale, dropout_p=p, seed=seed,
                                  dq=grads[0], dk=grads[1], dv=grads[2])
     return out, lse, dq, dk, dv
@@ -100,9 +101,9 @@ FP32_CASES = (
 
 
 @pytest.mark.parametrize("B,H,n_q,n_k,D", FP32_CASES)
-def test_fp32_matches_float64(B, H, n_q, n_k, D):
-    q, k, v = _qkv(B, H, n_q, n_k, D, torch.float32)
-    dout = torch.randn(B, H, n_q, D)
+def test_fp32_matches_float64(B, H, n_q, n_k, D, device):
+    q, k, v = _qkv(B, H, n_q, n_k, D, torch.float32, device)
+    dout = torch.randn(B, H, n_q, D, device=device)
     scale = 1.0 / math.sqrt(D)
     got = _launch(q, k, v, dout, scale)
     _check_all(got, _torch_attention(q, k, v, dout, scale), torch.float32)
@@ -119,10 +120,11 @@ LOWP_CASES = (
 )
 
 
+@pytest.mark.gpu_quick
 @pytest.mark.parametrize("dtype,B,H,n_q,n_k,D", LOWP_CASES)
-def test_low_precision_within_2x_of_pytorch(dtype, B, H, n_q, n_k, D):
-    q, k, v = _qkv(B, H, n_q, n_k, D, dtype)
-    dout = torch.randn(B, H, n_q, D).to(dtype)
+def test_low_precision_within_2x_of_pytorch(dtype, B, H, n_q, n_k, D, device):
+    q, k, v = _qkv(B, H, n_q, n_k, D, dtype, device)
+    dout = torch.randn(B, H, n_q, D, device=device).to(dtype)
     scale = 1.0 / math.sqrt(D)
     got = _launch(q, k, v, dout, scale)
     ref = _torch_attention(q, k, v, dout, scale)
@@ -130,9 +132,10 @@ def test_low_precision_within_2x_of_pytorch(dtype, B, H, n_q, n_k, D):
     _check_all(got, ref, dtype, lowp)
 
 
-def test_explicit_scale_and_the_functional_op():
-    q, k, v = _qkv(2, 2, 30, 30, 32, torch.float32)
-    dout = torch.randn(2, 2, 30, 32)
+@pytest.mark.gpu_quick
+def test_explicit_scale_and_the_functional_op(device):
+    q, k, v = _qkv(2, 2, 30, 30, 32, torch.float32, device)
+    dout = torch.randn(2, 2, 30, 32, device=device)
     ref = _torch_attention(q, k, v, dout, 0.37)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out, lse = ops.attention(*leaves, scale=0.37, backend="triton", return_lse=True)
@@ -147,13 +150,13 @@ def test_explicit_scale_and_the_functional_op():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_strided_views_of_a_packed_qkv(dtype):
+def test_strided_views_of_a_packed_qkv(dtype, device):
     B, N, H, D = 2, 37, 3, 24
-    packed = torch.randn(B, N, 3, H, D).to(dtype)
+    packed = torch.randn(B, N, 3, H, D, device=device).to(dtype)
     q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)
     assert not q.is_contiguous() and q.stride(-1) == 1
-    dout = torch.randn(B, H, N, D).to(dtype)
-    out_buf = torch.full((B, N, H * D), float("nan"), dtype=dtype)  # written as (B, N, H*D)
+    dout = torch.randn(B, H, N, D, device=device).to(dtype)
+    out_buf = torch.full((B, N, H * D), float("nan"), dtype=dtype, device=device)  # written as (B, N, H*D)
     out, lse = K.attention_fwd(q, k, v, sm_scale=D ** -0.5, out=out_buf.view(B, N, H, D).transpose(1, 2))
     ref = _torch_attention(q, k, v, dout, D ** -0.5)
     lowp = _torch_attention(q, k, v, dout, D ** -0.5, dtype=dtype)
@@ -163,20 +166,21 @@ def test_strided_views_of_a_packed_qkv(dtype):
         assert_close_to_reference(g, ref[2 + i], dtype=dtype, lowp_baseline=lowp[2 + i], what=NAMES[2 + i])
 
 
-def test_non_unit_last_stride_is_copied():
-    q, k, v = (torch.randn(1, 2, 24, 19).transpose(-1, -2) for _ in range(3))  # (1, 2, 19, 24), stride(-1) = 19
+def test_non_unit_last_stride_is_copied(device):
+    q, k, v = (torch.randn(1, 2, 24, 19, device=device).transpose(-1, -2) for _ in range(3))  # (1, 2, 19, 24), stride(-1) = 19
     assert q.stride(-1) != 1
-    dout = torch.randn(1, 2, 19, 24)
+    dout = torch.randn(1, 2, 19, 24, device=device)
     got = _launch(q, k, v, dout, 0.2)
     _check_all(got, _torch_attention(q, k, v, dout, 0.2), torch.float32)
 
 
+@pytest.mark.gpu_quick
 @pytest.mark.parametrize("dtype,N,H,D", [(torch.float32, 197, 3, 64), (torch.float16, 65, 2, 80),
                                          (torch.bfloat16, 50, 4, 16)])
-def test_packed_qkv_path_forward_backward(dtype, N, H, D):
+def test_packed_qkv_path_forward_backward(dtype, N, H, D, device):
     B = 2
-    qkv = torch.randn(B, N, 3 * H * D).to(dtype)
-    dout = torch.randn(B, N, H * D).to(dtype)
+    qkv = torch.randn(B, N, 3 * H * D, device=device).to(dtype)
+    dout = torch.randn(B, N, H * D, device=device).to(dtype)
     leaf = qkv.clone().requires_grad_()
     out, lse = ops.qkv_attention(leaf, H, backend="triton", return_lse=True)
     assert out.shape == (B, N, H * D) and out.is_contiguous() and lse.shape == (B, H, N)
@@ -196,18 +200,19 @@ def test_packed_qkv_path_forward_backward(dtype, N, H, D):
     assert leaf.grad.shape == qkv.shape
 
 
-def test_packed_qkv_writes_every_element_with_no_copies(monkeypatch):
+def test_packed_qkv_writes_every_element_with_no_copies(monkeypatch, device):
     """Launcher level: out (B, N, H*D) and dqkv (B, N, 3*H*D) NaN-poisoned views are fully written,
     and no input of the packed path needs a contiguous copy (forward or backward)."""
     B, N, H, D = 2, 45, 3, 40
     copied = []
-    original = K._unit_last_stride
-    monkeypatch.setattr(K, "_unit_last_stride", lambda t: copied.append(original(t) is not t) or original(t))
-    qkv = torch.randn(B, N, 3 * H * D)
+    original = K.unit_last_stride
+    for module in (K, KB):
+        monkeypatch.setattr(module, "unit_last_stride", lambda t: copied.append(original(t) is not t) or original(t))
+    qkv = torch.randn(B, N, 3 * H * D, device=device)
     q, k, v = T._qkv_views(qkv, H)
-    out = torch.full((B, N, H * D), float("nan"))
+    out = torch.full((B, N, H * D), float("nan"), device=device)
     _, lse = K.attention_fwd(q, k, v, sm_scale=0.1, out=T._heads_view(out, H))
-    dout = torch.randn(B, N, H * D)
+    dout = torch.randn(B, N, H * D, device=device)
     dqkv = torch.full_like(qkv, float("nan"))
     dq, dk, dv = T._qkv_views(dqkv, H)
     K.attention_bwd(T._heads_view(dout, H), q, k, v, T._heads_view(out, H), lse, sm_scale=0.1, dq=dq, dk=dk, dv=dv)
@@ -218,7 +223,7 @@ def test_packed_qkv_writes_every_element_with_no_copies(monkeypatch):
     assert rel_err(dqkv, torch.stack(ref[2:], 0).permute(1, 3, 0, 2, 4).reshape(B, N, 3 * H * D)) <= 1e-5
 
 
-def test_packed_qkv_graph_has_no_copy_ops():
+def test_packed_qkv_graph_has_no_copy_ops(device):
     """The whole triton path (views, the custom op, autograd) issues no clone/copy, forward or backward."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -231,8 +236,8 @@ def test_packed_qkv_graph_has_no_copy_ops():
             self.ops.append(str(func))
             return func(*args, **(kwargs or {}))
 
-    qkv = torch.randn(2, 20, 3 * 2 * 16, requires_grad=True)
-    dout = torch.randn(2, 20, 32)
+    qkv = torch.randn(2, 20, 3 * 2 * 16, requires_grad=True, device=device)
+    dout = torch.randn(2, 20, 32, device=device)
     with Record() as rec:
         out = ops.qkv_attention(qkv, 2, backend="triton")
         out.backward(dout)
@@ -242,32 +247,32 @@ def test_packed_qkv_graph_has_no_copy_ops():
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_stride_zero_upstream_gradient(packed):
+def test_stride_zero_upstream_gradient(packed, device):
     B, H, N, D = 2, 2, 33, 16
     if packed:
-        qkv = torch.randn(B, N, 3 * H * D, requires_grad=True)
+        qkv = torch.randn(B, N, 3 * H * D, requires_grad=True, device=device)
         ops.qkv_attention(qkv, H, backend="triton").sum().backward()
         ref = qkv.detach().double().requires_grad_()
         q, k, v = ref.view(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
         reference.attention(q, k, v).sum().backward()
         assert rel_err(qkv.grad, ref.grad) <= 1e-5
     else:
-        leaves = [t.requires_grad_() for t in _qkv(B, H, N, N, D, torch.float32)]
+        leaves = [t.requires_grad_() for t in _qkv(B, H, N, N, D, torch.float32, device)]
         ops.attention(*leaves, backend="triton").sum().backward()
-        ref = _torch_attention(*leaves, torch.ones(B, H, N, D), D ** -0.5)
+        ref = _torch_attention(*leaves, torch.ones(B, H, N, D, device=device), D ** -0.5)
         for leaf, expected in zip(leaves, ref[2:]):
             assert rel_err(leaf.grad, expected) <= 1e-5
 
 
-def test_fp16_huge_logits_stay_finite():
+def test_fp16_huge_logits_stay_finite(device):
     B, H, N, D = 1, 2, 130, 64
-    q, k, v = _qkv(B, H, N, N, D, torch.float32)
+    q, k, v = _qkv(B, H, N, N, D, torch.float32, device)
     # Scale q and k so that the largest |logit| is 1e4 (fp16 itself tops out at 65504).
     logits = (q @ k.transpose(-2, -1)) / math.sqrt(D)
     factor = math.sqrt(1e4 / logits.abs().max().item())
     q, k, v = (q * factor).half(), (k * factor).half(), v.half()
     assert ((q.float() @ k.float().transpose(-2, -1)) / math.sqrt(D)).abs().max() > 9e3
-    dout = torch.randn(B, H, N, D).half()
+    dout = torch.randn(B, H, N, D, device=device).half()
     got = _launch(q, k, v, dout, 1.0 / math.sqrt(D))
     for name, t in zip(NAMES, got):
         assert torch.isfinite(t).all(), name
@@ -281,45 +286,15 @@ def test_fp16_huge_logits_stay_finite():
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.gpu_quick
 @pytest.mark.parametrize("p", [0.0, 0.3])
-def test_two_runs_bitwise_equal(p):
-    q, k, v = _qkv(1, 2, 150, 150, 32, torch.float16)
-    dout = torch.randn(1, 2, 150, 32).half()
+def test_two_runs_bitwise_equal(p, device):
+    q, k, v = _qkv(1, 2, 150, 150, 32, torch.float16, device)
+    dout = torch.randn(1, 2, 150, 32, device=device).half()
     first = _launch(q, k, v, dout, 0.2, p=p, seed=1234)
     second = _launch(q, k, v, dout, 0.2, p=p, seed=1234)
     for name, a, b in zip(NAMES, first, second):
         assert torch.equal(a, b), name
-
-
-def test_lse_gradient_flows():
-    """lse is an output like any other: a loss that uses it gets d lse / d scores = P."""
-    q, k, v = _qkv(1, 2, 40, 50, 16, torch.float32)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = ops.attention(*leaves, backend="triton", return_lse=True)
-    w = torch.randn_like(lse)
-    (out.sum() + (lse * w).sum()).backward()
-    ref = [t.double().requires_grad_() for t in (q, k, v)]
-    scores = (ref[0] @ ref[1].transpose(-2, -1)) / 4.0
-    (torch.softmax(scores, -1) @ ref[2]).sum().add((torch.logsumexp(scores, -1) * w.double()).sum()).backward()
-    for leaf, r in zip(leaves, ref):
-        assert rel_err(leaf.grad, r.grad) <= 1e-5
-    # Only lse used: out's gradient is absent, not a zero tensor someone has to allocate.
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    _, lse = ops.attention(*leaves, backend="triton", return_lse=True)
-    lse.sum().backward()
-    assert torch.isfinite(leaves[0].grad).all() and leaves[2].grad.abs().max() == 0
-
-
-@pytest.mark.parametrize("N", [1, 197])
-def test_cls_attention_rows(N):
-    q, k, v = _qkv(2, 3, N, N, 32, torch.float32)
-    _, lse = ops.attention(q, k, v, backend="triton", return_lse=True)
-    probs = reference.attention_probs(q.double(), k.double())
-    for row in (0, N - 1):
-        got = ops.cls_attention(q, k, lse, row=row)
-        assert got.shape == (2, 3, N)
-        assert rel_err(got, probs[:, :, row]) <= 1e-5
-        assert torch.allclose(got.double().sum(-1), torch.ones(2, 3, dtype=torch.float64), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,8 +302,8 @@ def test_cls_attention_rows(N):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_dropout_zero_is_exact_and_draws_nothing():
-    q, k, v = _qkv(1, 2, 70, 70, 16, torch.float32)
+def test_dropout_zero_is_exact_and_draws_nothing(device):
+    q, k, v = _qkv(1, 2, 70, 70, 16, torch.float32, device)
     state = torch.get_rng_state()
     out = ops.attention(q, k, v, dropout_p=0.0, backend="triton")
     assert torch.equal(torch.get_rng_state(), state)
@@ -336,8 +311,8 @@ def test_dropout_zero_is_exact_and_draws_nothing():
     assert rel_err(out, reference.attention(q.double(), k.double(), v.double())) <= 1e-5
 
 
-def test_dropout_same_seed_same_output():
-    q, k, v = _qkv(2, 2, 50, 50, 16, torch.float32)
+def test_dropout_same_seed_same_output(device):
+    q, k, v = _qkv(2, 2, 50, 50, 16, torch.float32, device)
     torch.manual_seed(7)
     a = ops.attention(q, k, v, dropout_p=0.4, backend="triton")
     b = ops.attention(q, k, v, dropout_p=0.4, backend="triton")
@@ -348,9 +323,9 @@ def test_dropout_same_seed_same_output():
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_fraction(p):
+def test_dropout_fraction(p, device):
     B, H, n_q, n_k = 2, 2, 130, 129
-    keep = K.attention_dropout_mask(B, H, n_q, n_k, p, seed=987)
+    keep = K.attention_dropout_mask(B, H, n_q, n_k, p, seed=987, device=device)
     n = keep.numel()
     dropped = 1.0 - keep.double().mean().item()
     assert abs(dropped - p) <= 5 * math.sqrt(p * (1 - p) / n)
@@ -359,268 +334,40 @@ def test_dropout_fraction(p):
     # Heads and rows draw different bits (the (bh, row, col) counter is not aliased).
     assert not torch.equal(keep[0, 0], keep[0, 1]) and not torch.equal(keep[0, 0], keep[1, 0])
     assert not torch.equal(keep[0, 0, 0], keep[0, 0, 1])
-    assert torch.equal(keep, K.attention_dropout_mask(B, H, n_q, n_k, p, seed=987))
-    assert not torch.equal(keep, K.attention_dropout_mask(B, H, n_q, n_k, p, seed=988))
+    assert torch.equal(keep, K.attention_dropout_mask(B, H, n_q, n_k, p, seed=987, device=device))
+    assert not torch.equal(keep, K.attention_dropout_mask(B, H, n_q, n_k, p, seed=988, device=device))
 
 
+@pytest.mark.gpu_quick
 @pytest.mark.parametrize("dtype,B,H,n_q,n_k,D", [(torch.float32, 2, 3, 97, 97, 32), (torch.float32, 1, 1, 17, 130, 80),
                                                  (torch.float16, 1, 2, 65, 65, 64)])
-def test_dropout_matches_reference_with_the_kernels_mask(dtype, B, H, n_q, n_k, D):
+def test_dropout_matches_reference_with_the_kernels_mask(dtype, B, H, n_q, n_k, D, device):
     p, seed = 0.25, 4242
-    q, k, v = _qkv(B, H, n_q, n_k, D, dtype)
-    dout = torch.randn(B, H, n_q, D).to(dtype)
+    q, k, v = _qkv(B, H, n_q, n_k, D, dtype, device)
+    dout = torch.randn(B, H, n_q, D, device=device).to(dtype)
     scale = 1.0 / math.sqrt(D)
-    keep = K.attention_dropout_mask(B, H, n_q, n_k, p, seed)
+    keep = K.attention_dropout_mask(B, H, n_q, n_k, p, seed, device=device)
     got = _launch(q, k, v, dout, scale, p=p, seed=seed)
     ref = _torch_attention(q, k, v, dout, scale, keep=keep, p=p)
     lowp = None if dtype == torch.float32 else _torch_attention(q, k, v, dout, scale, keep=keep, p=p, dtype=dtype)
     _check_all(got, ref, dtype, lowp)
 
 
-def test_dropout_through_the_op_uses_the_drawn_seed():
+def test_dropout_through_the_op_uses_the_drawn_seed(device):
     """ops.attention draws its seed from torch's generator: replaying the draw gives the mask."""
     B, H, N, D = 1, 2, 40, 16
-    q, k, v = _qkv(B, H, N, N, D, torch.float32)
+    q, k, v = _qkv(B, H, N, N, D, torch.float32, device)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    dout = torch.randn(B, H, N, D)
+    dout = torch.randn(B, H, N, D, device=device)
     torch.manual_seed(99)
     out = ops.attention(*leaves, dropout_p=0.3, backend="triton")
     out.backward(dout)
     torch.manual_seed(99)
     seed = int(T.draw_seed(0.3))
-    keep = K.attention_dropout_mask(B, H, N, N, 0.3, seed)
+    keep = K.attention_dropout_mask(B, H, N, N, 0.3, seed, device=device)
     ref = _torch_attention(q, k, v, dout, D ** -0.5, keep=keep, p=0.3)
     assert rel_err(out, ref[0]) <= 1e-5
     for leaf, expected in zip(leaves, ref[2:]):
         assert rel_err(leaf.grad, expected) <= 1e-5
 
 
-# ----------------------------------------------------------------------------------------------
-# torch.library / compile / export / autocast
-# ----------------------------------------------------------------------------------------------
-
-
-def test_opcheck_all_ops():
-    q, k, v = _qkv(1, 2, 9, 12, 16, torch.float32)
-    seed = torch.tensor(5)
-    for p, s in ((0.0, None), (0.2, seed)):
-        torch.library.opcheck(torch.ops.fastvit.attention_fwd.default, (q, k, v, p, 0.25, s))
-        out, lse = torch.ops.fastvit.attention_fwd(q, k, v, p, 0.25, s)
-        for dlse in (None, torch.randn_like(lse)):
-            torch.library.opcheck(torch.ops.fastvit.attention_bwd.default,
-                                  (torch.randn_like(out), q, k, v, out, lse, dlse, p, 0.25, s))
-    qkv = torch.randn(1, 9, 3 * 2 * 16).half()
-    torch.library.opcheck(torch.ops.fastvit.qkv_attention_fwd.default, (qkv, 2, 0.0, 0.25, None))
-    out, lse = torch.ops.fastvit.qkv_attention_fwd(qkv, 2, 0.0, 0.25, None)
-    torch.library.opcheck(torch.ops.fastvit.qkv_attention_bwd.default,
-                          (torch.randn_like(out), qkv, out, lse, None, 2, 0.0, 0.25, None))
-
-
-def _fastvit_ops(gm):
-    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "fastvit" in str(n.target)]
-
-
-@pytest.mark.parametrize("p", [0.0, 0.2])
-def test_compile_fullgraph_sees_one_opaque_op(p):
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
-    graphs = []
-
-    def record(gm, example_inputs):
-        graphs.append(gm)
-        return make_boxed_func(gm.forward)
-
-    H = 2
-    qkv = torch.randn(2, 20, 3 * H * 16, requires_grad=True)
-    dout = torch.randn(2, 20, H * 16)
-
-    def fn(x):
-        return ops.qkv_attention(x, H, dropout_p=p, backend="triton")
-
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend=aot_autograd(fw_compiler=record, bw_compiler=record))
-    torch.manual_seed(3)
-    out = compiled(qkv)
-    out.backward(dout)
-    grad = qkv.grad.clone()
-    assert [_fastvit_ops(g) for g in graphs] == [["fastvit.qkv_attention_fwd.default"],
-                                                 ["fastvit.qkv_attention_bwd.default"]]
-    for g in graphs:
-        assert not [n for n in g.graph.nodes if "mm" in str(n.target) or "softmax" in str(n.target)]
-    qkv.grad = None
-    torch.manual_seed(3)
-    eager = fn(qkv)
-    eager.backward(dout)
-    assert torch.equal(out, eager) and torch.equal(grad, qkv.grad)
-    # The stock backend the issue names, too.
-    torch._dynamo.reset()
-    torch.manual_seed(3)
-    assert torch.equal(torch.compile(fn, fullgraph=True, backend="aot_eager")(qkv), eager)
-
-
-def test_double_backward_raises_instead_of_a_silent_zero():
-    q, k, v = (t.requires_grad_() for t in _qkv(1, 1, 8, 8, 16, torch.float32))
-    dout = torch.randn(1, 1, 8, 16, requires_grad=True)
-    (gq,) = torch.autograd.grad(ops.attention(q, k, v, backend="triton"), q, dout, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        gq.sum().backward()
-
-
-def test_export_sees_one_opaque_op():
-    class Block(torch.nn.Module):
-        def forward(self, q, k, v):
-            return ops.attention(q, k, v, backend="triton")
-
-    q, k, v = _qkv(1, 2, 17, 17, 16, torch.float32)
-    ep = torch.export.export(Block(), (q, k, v))
-    assert _fastvit_ops(ep.graph_module) == ["fastvit.attention_fwd.default"]
-    assert torch.equal(ep.module()(q, k, v), ops.attention(q, k, v, backend="triton"))
-
-
-def test_autocast_runs_in_the_autocast_dtype_like_sdpa():
-    q, k, v = (t.requires_grad_() for t in _qkv(1, 2, 33, 33, 16, torch.float32))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ops.attention(q, k, v, backend="triton")
-        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert out.dtype == sdpa.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()
-    ref = reference.attention(q.double(), k.double(), v.double())
-    low = reference.attention(*(t.detach().bfloat16() for t in (q, k, v)))
-    assert_close_to_reference(out, ref, dtype=torch.bfloat16, lowp_baseline=low)
-    qkv = torch.randn(1, 33, 3 * 2 * 16, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.float16):
-        out = ops.qkv_attention(qkv, 2, backend="triton")
-    assert out.dtype == torch.float16
-    out.float().sum().backward()
-    assert qkv.grad.dtype == torch.float32 and torch.isfinite(qkv.grad).all()
-
-
-# ----------------------------------------------------------------------------------------------
-# Bad input: clear errors before any launch
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a kernel was launched for bad input")
-
-    monkeypatch.setattr(K, "_launch", forbidden)
-    monkeypatch.setattr(K, "attention_fwd", forbidden)
-
-
-@pytest.mark.parametrize("make,exc,match", [
-    (lambda: (torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16).half(), torch.randn(1, 2, 8, 16)), ValueError, "dtype"),
-    (lambda: (torch.randn(1, 2, 8, 16), torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)), ValueError, "batch"),
-    (lambda: (torch.randn(1, 2, 8, 16), torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16)), ValueError, "heads"),
-    (lambda: (torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)), ValueError, "head_dim"),
-    (lambda: (torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 9, 16)), ValueError, "same shape"),
-    (lambda: (torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16, device="meta")),
-     ValueError, "device"),
-    (lambda: tuple(torch.randn(1, 1, 4, 257) for _ in range(3)), ValueError, "head_dim up to 256"),
-    (lambda: tuple(torch.ones(1, 1, 4, 8, dtype=torch.int32) for _ in range(3)), TypeError, "floating dtype"),
-    (lambda: tuple(torch.randn(1, 4, 8) for _ in range(3)), ValueError, "4-D"),
-    (lambda: tuple(torch.randn(1, 1, 4, 8, dtype=torch.float64) for _ in range(3)), TypeError, "float64"),
-])
-def test_bad_input_is_refused_before_launch(no_launch, make, exc, match):
-    with pytest.raises(exc, match=match):
-        ops.attention(*make(), backend="triton")
-
-
-@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5, float("nan"), True])
-def test_bad_dropout_is_refused(no_launch, p):
-    q, k, v = _qkv(1, 1, 4, 4, 8, torch.float32)
-    with pytest.raises(ValueError, match="dropout_p"):
-        ops.attention(q, k, v, dropout_p=p, backend="triton")
-    with pytest.raises(ValueError, match="dropout_p"):
-        ops.qkv_attention(torch.randn(1, 4, 24), 1, dropout_p=p, backend="triton")
-
-
-def test_bad_qkv_shapes_are_refused(no_launch):
-    with pytest.raises(ValueError, match="3 \\* num_heads"):
-        ops.qkv_attention(torch.randn(1, 4, 25), 1, backend="triton")
-    with pytest.raises(ValueError, match="num_heads"):
-        ops.qkv_attention(torch.randn(1, 4, 24), 0, backend="triton")
-    with pytest.raises(ValueError, match="head_dim up to 256"):
-        ops.qkv_attention(torch.randn(1, 4, 3 * 2 * 300), 2, backend="triton")
-    with pytest.raises(TypeError, match="float64"):
-        ops.qkv_attention(torch.randn(1, 4, 24, dtype=torch.float64), 2, backend="triton")
-
-
-def test_cpu_tensors_without_the_interpreter_are_refused(no_launch, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    q, k, v = _qkv(1, 1, 4, 4, 8, torch.float32)
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        ops.attention(q, k, v, backend="triton")
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        ops.qkv_attention(torch.randn(1, 4, 24), 1, backend="triton")
-    # auto falls back to sdpa there instead of failing.
-    assert torch.allclose(ops.attention(q, k, v), reference.attention(q, k, v), atol=1e-6)
-
-
-def test_launcher_validates_outputs_and_seed():
-    q, k, v = _qkv(1, 2, 8, 8, 16, torch.float32)
-    with pytest.raises(ValueError, match="out must be"):
-        K.attention_fwd(q, k, v, sm_scale=0.1, out=torch.empty(1, 2, 8, 8))
-    with pytest.raises(ValueError, match="out must be"):
-        K.attention_fwd(q, k, v, sm_scale=0.1, out=torch.empty(1, 2, 8, 16).half())
-    with pytest.raises(ValueError, match="unit last stride"):
-        K.attention_fwd(q, k, v, sm_scale=0.1, out=torch.empty(1, 2, 16, 8).transpose(-1, -2))
-    with pytest.raises(ValueError, match="lse must be"):
-        K.attention_fwd(q, k, v, sm_scale=0.1, lse=torch.empty(1, 2, 8).half())
-    with pytest.raises(ValueError, match="seed"):
-        K.attention_fwd(q, k, v, sm_scale=0.1, dropout_p=0.1, seed=-1)
-    with pytest.raises(ValueError, match="dropout_p"):
-        K.attention_dropout_mask(1, 1, 4, 4, 1.0, seed=1)
-    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
-        K.attention_fwd(q.double(), k.double(), v.double(), sm_scale=0.1)
-    with pytest.raises(ValueError, match="head_dim"):
-        K.attention_fwd(*(torch.randn(1, 1, 4, 300) for _ in range(3)), sm_scale=0.1)
-    out, lse = K.attention_fwd(q, k, v, sm_scale=0.1)
-    with pytest.raises(ValueError, match="dout must be"):
-        K.attention_bwd(torch.randn(1, 2, 8, 8), q, k, v, out, lse, sm_scale=0.1)
-    with pytest.raises(ValueError, match="dq must be"):
-        K.attention_bwd(torch.randn_like(out), q, k, v, out, lse, sm_scale=0.1, dq=torch.empty(1, 2, 8, 8))
-
-
-# ----------------------------------------------------------------------------------------------
-# Launch configuration
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("allow_tf32,expected", [(False, "ieee"), (True, "tf32")])
-def test_fp32_dot_precision_follows_allow_tf32(monkeypatch, allow_tf32, expected):
-    seen = []
-    monkeypatch.setattr(K, "_launch", lambda name, fn, rows, bh, args: seen.append(args["INPUT_PRECISION"]))
-    q, k, v = _qkv(1, 1, 4, 4, 16, torch.float32)
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    try:
-        K.attention_fwd(q, k, v, sm_scale=0.1)
-        K.attention_fwd(q.half(), k.half(), v.half(), sm_scale=0.1)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-    assert seen == [expected, "ieee"]
-
-
-def test_gpu_autotuner_keys_and_pruning(monkeypatch):
-    """What a GPU launch would tune over: bucketed keys and the pruned list of kernels/_configs.py."""
-    from fastvit.kernels import _configs
-
-    tuner = K._tuned("fwd", K._attn_fwd)
-    assert list(tuner.keys) == ["N_Q_KEY", "N_K_KEY", "HEAD_DIM", "DROPOUT", "INPUT_PRECISION"]
-    named = {"Q": torch.empty(0, dtype=torch.float16)}
-    for block_d, dropout in ((64, False), (128, False), (128, True), (256, False)):
-        kept = tuner.early_config_prune(tuner.configs, named, BLOCK_D=block_d, DROPOUT=dropout)
-        assert 1 <= len(kept) <= _configs.ATTENTION_MAX_CONFIGS
-        for c in kept:
-            assert _configs.attention_config_fits("fwd", c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
-                                                  c.num_stages, block_d, 2, dropout)
-    # Lengths share a compiled, tuned kernel per power-of-two bucket (197 and 256 do; 257 does not).
-    args = {}
-    monkeypatch.setattr(K, "_launch", lambda name, fn, rows, bh, a: args.update(a))
-    q = torch.randn(1, 1, 197, 16)
-    K.attention_fwd(q, q, q, sm_scale=0.1)
-    assert (args["N_Q_KEY"], args["N_K_KEY"], args["BLOCK_D"]) == (256, 256, 16)

@@ -9,6 +9,8 @@ import pytest
 import triton
 import triton.language as tl
 
+from fastvit.kernels._aot import AotSpec, aot_spec
+from fastvit.profiling import arch_limits
 from fastvit.profiling import compile_report as cr
 
 
@@ -45,20 +47,24 @@ def _toy_tiny_dot(A, C, BLOCK: tl.constexpr):
     tl.store(C + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, a))
 
 
-MATMUL = {
-    "name": "toy_matmul_fp16", "fn": _toy_matmul,
-    "signature": {"A": "*fp16", "B": "*fp16", "C": "*fp16", "M": "i32", "N": "i32", "K": "i32",
-                  "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32",
-                  "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
-    "constexprs": {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32},
-    "num_warps": 4, "num_stages": 3,
-}
-ADD = {
-    "name": "toy_add_fp16", "fn": _toy_add,
-    "signature": {"X": "*fp16", "Y": "*fp16", "Out": "*fp16", "n": "i32", "BLOCK": "constexpr"},
-    "constexprs": {"BLOCK": 1024},
-    "num_warps": 4, "num_stages": 1,
-}
+MATMUL = aot_spec("toy_matmul_fp16", _toy_matmul, pointers={"A": "fp16", "B": "fp16", "C": "fp16"},
+                  constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3)
+# Built by hand: the format the builder produces.
+ADD = AotSpec(name="toy_add_fp16", fn=_toy_add,
+              signature={"X": "*fp16", "Y": "*fp16", "Out": "*fp16", "n": "i32", "BLOCK": "constexpr"},
+              constexprs={"BLOCK": 1024}, num_warps=4, num_stages=1, aligned=("X", "Y", "Out"))
+
+
+def test_builder_types_every_argument():
+    assert MATMUL.signature == {"A": "*fp16", "B": "*fp16", "C": "*fp16", "M": "i32", "N": "i32", "K": "i32",
+                                "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32",
+                                "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
+    assert MATMUL.aligned == ("A", "B", "C") and MATMUL["name"] == "toy_matmul_fp16"
+    spec = aot_spec("x", _toy_matmul, pointers={"A": "fp16", "B": "fp16", "C": None}, unit_strides=("stride_bk",),
+                    aligned=("N", "stride_bk"), constexprs={"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1)
+    assert spec.signature["C"] == "constexpr" and spec.constexprs["C"] is None
+    assert spec.signature["stride_bk"] == "constexpr" and spec.constexprs["stride_bk"] == 1
+    assert spec.aligned == ("A", "B", "N")  # a unit stride is a constant, not an aligned argument
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,7 @@ def test_matmul_resources(reports, arch):
     # tl.dot operands are staged through shared memory, which Triton allocates dynamically.
     assert r.dynamic_shared_bytes > 0
     assert r.shared_bytes == r.static_shared_bytes + r.dynamic_shared_bytes
-    assert r.shared_bytes <= r.shared_limit == cr.ARCH_LIMITS[arch].smem_per_block
+    assert r.shared_bytes <= r.shared_limit == arch_limits.ARCH_LIMITS[arch].smem_per_block
     assert r.occupancy == pytest.approx(cr.occupancy(r.registers, r.shared_bytes, 4, arch))
     assert 0 < r.occupancy <= 1
     assert r.ptx.lstrip().startswith("//") and ".entry _toy_matmul" in r.ptx and r.cubin[:4] == b"\x7fELF"
@@ -124,27 +130,35 @@ def test_to_dict_and_table(reports):
 
 def test_gpu_only_defect_is_reported_by_name():
     # An 8x8 tl.dot runs in the interpreter but no GPU backend accepts it (M, N, K >= 16).
-    bad = {"name": "tiny_dot", "fn": _toy_tiny_dot, "signature": {"A": "*fp16", "C": "*fp16", "BLOCK": "constexpr"},
-           "constexprs": {"BLOCK": 8}, "num_warps": 1, "num_stages": 1}
+    bad = aot_spec("tiny_dot", _toy_tiny_dot, pointers={"A": "fp16", "C": "fp16"}, constexprs={"BLOCK": 8},
+                   num_warps=1)
     with pytest.raises(cr.CompileReportError, match=r"tiny_dot \(sm_80\)"):
         cr.compile_spec(bad, 80)
 
 
 def test_bad_specs_fail_before_compiling():
-    with pytest.raises(ValueError, match="lacks the keys"):
+    with pytest.raises(TypeError, match="AotSpec"):
         cr.compile_spec({"name": "x", "fn": _toy_add}, 80)
+    fields = dict(name=ADD.name, fn=ADD.fn, signature=ADD.signature, constexprs=ADD.constexprs, num_warps=4,
+                  num_stages=1)
     with pytest.raises(ValueError, match="no type for"):
-        cr.compile_spec({**ADD, "signature": {"X": "*fp16"}}, 80)
+        AotSpec(**{**fields, "signature": {"X": "*fp16"}})
     with pytest.raises(ValueError, match="not arguments"):
-        cr.compile_spec({**ADD, "signature": {**ADD["signature"], "Z": "i32"}}, 80)
+        AotSpec(**{**fields, "signature": {**ADD.signature, "Z": "i32"}})
     with pytest.raises(ValueError, match="have no value"):
-        cr.compile_spec({**ADD, "constexprs": {}}, 80)
+        AotSpec(**{**fields, "constexprs": {}})
     with pytest.raises(ValueError, match="num_warps"):
-        cr.compile_spec({**ADD, "num_warps": 0}, 80)
+        AotSpec(**{**fields, "num_warps": 0})
+    with pytest.raises(ValueError, match="aligned names"):
+        AotSpec(**fields, aligned=("BLOCK",))
+    with pytest.raises(ValueError, match=r"no value for the constexpr arguments \['BLOCK'\]"):
+        aot_spec("add", _toy_add, pointers={"X": "fp16", "Y": "fp16", "Out": "fp16"}, num_warps=4)
+    with pytest.raises(ValueError, match="not arguments"):
+        aot_spec("add", _toy_add, pointers={"Q": "fp16"}, constexprs={"BLOCK": 8}, num_warps=4)
     with pytest.raises(ValueError, match="arch must be one of"):
         cr.compile_spec(ADD, 75)
     with pytest.raises(TypeError, match="triton.jit"):
-        cr.compile_spec({**ADD, "fn": print}, 80)
+        AotSpec(**{**fields, "fn": print})
 
 
 def test_collect_specs_skips_missing_modules():
@@ -179,11 +193,12 @@ def test_tools_come_from_the_wheel():
     (255, 0, 16, 80, 0, 0.0, ["registers"]),
 ])
 def test_occupancy_hand_computed(regs, smem, warps, arch, blocks, occ, limiter):
-    d = cr.occupancy_details(regs, smem, warps, arch)
+    d = arch_limits.occupancy_details(regs, smem, warps, arch)
     assert d["blocks_per_sm"] == blocks
     assert d["occupancy"] == pytest.approx(occ)
     assert d["limited_by"] == limiter
-    assert cr.occupancy(regs, smem, warps, arch) == pytest.approx(occ)
+    assert arch_limits.occupancy(regs, smem, warps, arch) == pytest.approx(occ)
+    assert cr.occupancy is arch_limits.occupancy  # re-exported for the CLI and earlier callers
 
 
 def test_occupancy_rejects_bad_input():

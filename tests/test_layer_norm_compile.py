@@ -17,6 +17,7 @@ import torch
 
 from fastvit.kernels import _configs as C
 from fastvit.kernels import layer_norm as K
+from fastvit.kernels import layer_norm_bwd as KB
 from fastvit.profiling import compile_report as cr
 from tests._aot import check_fits
 
@@ -29,8 +30,8 @@ def _subset() -> list[dict]:
     specs = K.aot_specs(dtypes=(torch.float32,), block_ns=(256, 2048), alignments=(True,))
     unaligned = K.aot_specs(dtypes=(torch.float32,), block_ns=(1024,), alignments=(False,))
     wide = K.aot_specs(dtypes=(torch.float16, torch.bfloat16), block_ns=(16384,), alignments=(True,))
-    specs += [s for s in unaligned if "dwdb" not in s["name"]]
-    specs += [s for s in wide if s["name"].endswith("_res")]
+    specs += [s for s in unaligned if "dwdb" not in s.name]
+    specs += [s for s in wide if s.name.endswith("_res")]
     return specs
 
 
@@ -42,8 +43,8 @@ def reports():
 
 def test_every_kernel_is_in_the_subset(reports):
     specs, _ = reports
-    kernels = {s["fn"] for s in specs}
-    assert kernels == {K._layer_norm_fwd, K._layer_norm_bwd, K._layer_norm_bwd_wide, K._layer_norm_bwd_dwdb}
+    kernels = {s.fn for s in specs}
+    assert kernels == {K._layer_norm_fwd, KB._layer_norm_bwd, KB._layer_norm_bwd_wide, KB._layer_norm_bwd_dwdb}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -51,7 +52,7 @@ def test_no_spills_and_shared_memory_fits(reports, arch):
     specs, reps = reports
     mine = check_fits(specs, reps, arch)
     # No tl.dot anywhere: any tensor-core instruction would mean the report read the wrong code.
-    assert all(r.hmma in (0, None) and r.hgmma in (0, None) for r in mine)
+    assert all(r.hmma == 0 and r.hgmma == 0 for r in mine), "cuobjdump missing, or tensor-core code in LayerNorm"
 
 
 def test_specs_cover_every_configuration_the_launchers_may_pick():
@@ -59,9 +60,9 @@ def test_specs_cover_every_configuration_the_launchers_may_pick():
     every bucket, every bucket's backward config, and the reduction's, per dtype x variant x
     alignment."""
     specs = K.aot_specs()
-    names = [s["name"] for s in specs]
+    names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    block_ns = K._all_block_ns()
+    block_ns = C.layer_norm_block_ns()
     assert block_ns[0] == C.layer_norm_block_n(1) and block_ns[-1] == C.layer_norm_block_n(C.LAYER_NORM_MAX_WIDTH)
     for dtype in ("fp16", "bf16", "fp32"):
         for tag in ("", "_unaligned"):
@@ -93,10 +94,13 @@ def test_prune_keeps_the_buckets_configs_and_fits_the_rows():
 
 
 def test_the_gpu_autotuner_prunes_through_the_named_filter():
-    # The Autotuner object the GPU path launches through, driven the way its run() does.
-    tuner = K._layer_norm_fwd_tuned
+    # The Autotuner object the GPU path launches through, pruning the way its run() does.
+    tuner = K._layer_norm_fwd_tuned.tuner
     assert tuner.keys == ["BLOCK_N", "rows_bucket"]
-    tuner.nargs = dict(zip(tuner.arg_names, [None] * 15 + [512]))
-    assert tuner.arg_names[15] == "rows_bucket"
-    kept = tuner.prune_configs({"BLOCK_N": 256, "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "HAS_BIAS": True})
+    assert tuner.early_config_prune is C.prune_layer_norm_fwd_configs
+    tuner.nargs = {"rows_bucket": 512}
+    try:
+        kept = tuner.prune_configs({"BLOCK_N": 256, "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "HAS_BIAS": True})
+    finally:
+        tuner.nargs = None
     assert {(c.kwargs["BLOCK_M"], c.num_warps) for c in kept} == set(C.layer_norm_fwd_configs_for(256))

@@ -1,4 +1,7 @@
-"""fastvit.ops.layer_norm / add_layer_norm on the Triton backend (the interpreter on CPU).
+"""fastvit.ops.layer_norm / add_layer_norm on the Triton backend, on the ``device`` fixture's
+device (the interpreter on CPU; a GPU with FASTVIT_TEST_ON_GPU=1): numerics, layouts and
+determinism. (Op-layer tests: test_layer_norm_ops.py; every GPU configuration and the simulated
+GPU path: test_layer_norm_configs.py.)
 
 Oracle: ``fastvit.reference`` (LayerNorm spelled out) in float64, forward and autograd
 backward. fp32: relative error <= 1e-5 for every output and gradient. fp16/bf16: at most 2x the
@@ -15,13 +18,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastvit import reference
 from fastvit.kernels import _configs as C
 from fastvit.kernels import layer_norm as K
+from fastvit.kernels import layer_norm_bwd as KB
+from fastvit.kernels._layer_norm_common import rows
 from fastvit.kernels._interpret import interpreting
-from fastvit.ops import _layer_norm_triton as T
 from fastvit.ops import add_layer_norm, layer_norm
 from tests._tolerances import assert_close_to_reference
 
@@ -117,12 +120,12 @@ def _check_all(kind, x, residual, weight, bias, *, eps=1e-5, dy=None, dh=None, u
                                   what=f"grad {name}")
 
 
-def _inputs(shape, dtype, weight=True, bias=True, residual=False):
+def _inputs(shape, dtype, weight=True, bias=True, residual=False, *, device):
     n = shape[-1]
-    x = torch.randn(shape, dtype=dtype) * 2 + 0.5
-    r = torch.randn(shape, dtype=dtype) if residual else None
-    w = (torch.rand(n, dtype=dtype) + 0.5) if weight else None
-    b = torch.randn(n, dtype=dtype) if bias else None
+    x = torch.randn(shape, dtype=dtype, device=device) * 2 + 0.5
+    r = torch.randn(shape, dtype=dtype, device=device) if residual else None
+    w = (torch.rand(n, dtype=dtype, device=device) + 0.5) if weight else None
+    b = torch.randn(n, dtype=dtype, device=device) if bias else None
     return x, r, w, b
 
 
@@ -135,54 +138,54 @@ SHAPES = [(1, 192), (7, 384), (197, 768), (2, 197, 1000), (1, 197, 1280), (7, 10
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_layer_norm_matches_float64(shape, dtype):
-    x, _, w, b = _inputs(shape, dtype)
+def test_layer_norm_matches_float64(shape, dtype, device):
+    x, _, w, b = _inputs(shape, dtype, device=device)
     _check_all("ln", x, None, w, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(7, 192), (197, 384), (2, 197, 768), (1, 1000), (7, 1280)], ids=str)
-def test_add_layer_norm_matches_float64(shape, dtype):
-    x, r, w, b = _inputs(shape, dtype, residual=True)
+def test_add_layer_norm_matches_float64(shape, dtype, device):
+    x, r, w, b = _inputs(shape, dtype, residual=True, device=device)
     _check_all("add", x, r, w, b)
 
 
 @pytest.mark.parametrize("rows,width", [(3, 16384), (2, 10000), (5, 5000)])
 @pytest.mark.parametrize("kind", ["ln", "add"])
-def test_wide_rows(rows, width, kind):
+def test_wide_rows(rows, width, kind, device):
     # 16384 and 10000 take the chunked backward (partial sums in memory); 5000 the register one
     # at its widest bucket (8192).
     for dtype in (torch.float32, torch.bfloat16):
-        x, r, w, b = _inputs((rows, width), dtype, residual=kind == "add")
+        x, r, w, b = _inputs((rows, width), dtype, residual=kind == "add", device=device)
         _check_all(kind, x, r, w, b)
 
 
 @pytest.mark.parametrize("weight,bias", [(True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("kind", ["ln", "add"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_weight_or_bias_absent(weight, bias, kind, dtype):
-    x, r, w, b = _inputs((2, 37, 768), dtype, weight=weight, bias=bias, residual=kind == "add")
+def test_weight_or_bias_absent(weight, bias, kind, dtype, device):
+    x, r, w, b = _inputs((2, 37, 768), dtype, weight=weight, bias=bias, residual=kind == "add", device=device)
     _check_all(kind, x, r, w, b)
 
 
 @pytest.mark.parametrize("kind", ["ln", "add"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_stride_zero_upstream_gradients(kind, dtype):
-    x, r, w, b = _inputs((2, 197, 384), dtype, residual=kind == "add")
+def test_stride_zero_upstream_gradients(kind, dtype, device):
+    x, r, w, b = _inputs((2, 197, 384), dtype, residual=kind == "add", device=device)
     _check_all(kind, x, r, w, b, upstream="sum")
 
 
-def test_expanded_row_gradient_and_input():
+def test_expanded_row_gradient_and_input(device):
     # Row stride 0 with unit column stride is read in place (rows are only read).
-    x, _, w, b = _inputs((9, 192), torch.float32)
-    dy = torch.randn(1, 192).expand(9, 192)
+    x, _, w, b = _inputs((9, 192), torch.float32, device=device)
+    dy = torch.randn(1, 192, device=device).expand(9, 192)
     _check_all("ln", x, None, w, b, dy=dy)
-    xe = torch.randn(1, 192).expand(9, 192)
+    xe = torch.randn(1, 192, device=device).expand(9, 192)
     _check_all("ln", xe, None, w, b)
 
 
-def test_add_layer_norm_with_one_output_used():
-    x, r, w, b = _inputs((7, 192), torch.float32, residual=True)
+def test_add_layer_norm_with_one_output_used(device):
+    x, r, w, b = _inputs((7, 192), torch.float32, residual=True, device=device)
     for used in ("h", "y"):
         ins = _leaves(x, r, w, b)
         h, y = add_layer_norm(*ins, backend="triton")
@@ -203,34 +206,34 @@ def test_add_layer_norm_with_one_output_used():
 # strides: copy only when the last stride is not 1 or rows are not evenly strided
 # --------------------------------------------------------------------------------------------
 
-def test_rows_view_or_copy():
-    base = torch.randn(4, 50, 3 * 192)
+def test_rows_view_or_copy(device):
+    base = torch.randn(4, 50, 3 * 192, device=device)
     even = base[..., 192:384]                     # row stride 576: a view
-    assert K._rows(even).data_ptr() == even.data_ptr()
-    assert K._rows(even).stride() == (576, 1)
+    assert rows(even).data_ptr() == even.data_ptr()
+    assert rows(even).stride() == (576, 1)
     uneven = base[:, 1:, :192]                    # (4, 49, 192): rows not evenly strided
-    assert K._rows(uneven).is_contiguous() and K._rows(uneven).data_ptr() != uneven.data_ptr()
-    transposed = torch.randn(192, 30).t()         # last stride 30
-    assert K._rows(transposed).stride(-1) == 1
-    summed = torch.tensor(1.0).expand(5, 192)     # .sum()'s gradient: all strides 0
-    assert K._rows(summed).stride() == (192, 1)
+    assert rows(uneven).is_contiguous() and rows(uneven).data_ptr() != uneven.data_ptr()
+    transposed = torch.randn(192, 30, device=device).t()         # last stride 30
+    assert rows(transposed).stride(-1) == 1
+    summed = torch.tensor(1.0, device=device).expand(5, 192)     # .sum()'s gradient: all strides 0
+    assert rows(summed).stride() == (192, 1)
 
 
 @pytest.mark.parametrize("kind", ["ln", "add"])
 @pytest.mark.parametrize("layout", ["even_view", "uneven_view", "transposed"])
-def test_strided_inputs(kind, layout):
+def test_strided_inputs(kind, layout, device):
     dtype = torch.float32
     if layout == "even_view":
-        x = torch.randn(3, 40, 2 * 384, dtype=dtype)[..., 384:]
-        r = torch.randn(3, 40, 3 * 384, dtype=dtype)[..., :384]
+        x = torch.randn(3, 40, 2 * 384, dtype=dtype, device=device)[..., 384:]
+        r = torch.randn(3, 40, 3 * 384, dtype=dtype, device=device)[..., :384]
     elif layout == "uneven_view":
-        x = torch.randn(3, 41, 384, dtype=dtype)[:, 1:]
-        r = torch.randn(4, 40, 384, dtype=dtype)[1:]
+        x = torch.randn(3, 41, 384, dtype=dtype, device=device)[:, 1:]
+        r = torch.randn(4, 40, 384, dtype=dtype, device=device)[1:]
     else:
-        x = torch.randn(384, 120, dtype=dtype).t()
-        r = torch.randn(384, 120, dtype=dtype).t()
-    w = torch.randn(2 * 384, dtype=dtype)[::2]  # a strided weight too
-    b = torch.randn(384, dtype=dtype)
+        x = torch.randn(384, 120, dtype=dtype, device=device).t()
+        r = torch.randn(384, 120, dtype=dtype, device=device).t()
+    w = torch.randn(2 * 384, dtype=dtype, device=device)[::2]  # a strided weight too
+    b = torch.randn(384, dtype=dtype, device=device)
     _check_all(kind, x, r if kind == "add" else None, w, b)
 
 
@@ -238,8 +241,8 @@ def test_strided_inputs(kind, layout):
 # launchers, configurations, determinism
 # --------------------------------------------------------------------------------------------
 
-def test_statistics_are_fp32():
-    x = torch.randn(2, 5, 768, dtype=torch.bfloat16)
+def test_statistics_are_fp32(device):
+    x = torch.randn(2, 5, 768, dtype=torch.bfloat16, device=device)
     y, mean, rstd = K.layer_norm_fwd(x, None, None, 1e-6)
     assert mean.dtype == rstd.dtype == torch.float32 and mean.shape == rstd.shape == (2, 5)
     x64 = x.double()
@@ -247,9 +250,9 @@ def test_statistics_are_fp32():
     torch.testing.assert_close(rstd.double(), torch.rsqrt(x64.var(-1, unbiased=False) + 1e-6), rtol=1e-5, atol=0)
 
 
-def test_two_backward_runs_are_bitwise_equal():
+def test_two_backward_runs_are_bitwise_equal(device):
     # 394 rows at 768: four programs each summing a share of the rows, then the second pass.
-    x, r, w, b = _inputs((2, 197, 768), torch.float32, residual=True)
+    x, r, w, b = _inputs((2, 197, 768), torch.float32, residual=True, device=device)
     dy, dh = torch.randn_like(x), torch.randn_like(x)
     runs = []
     for _ in range(2):
@@ -257,169 +260,30 @@ def test_two_backward_runs_are_bitwise_equal():
         runs.append((h, y, *K.layer_norm_bwd(dy, h, w, mean, rstd, dh, bias_dtype=b.dtype)))
     for a, c in zip(*runs):
         assert torch.equal(a, c)
-    programs, _ = K._bwd_programs(394, C.layer_norm_interpret_bwd_config(1024).block_m, 1, x.device)
+    programs, _ = KB._bwd_programs(394, C.layer_norm_interpret_bwd_config(1024).block_m, 1, x.device)
     assert programs > 1, "the test must exercise more than one partial row"
 
 
-@pytest.mark.parametrize("width", [768, 1000, 10000])
-def test_every_gpu_configuration_runs_correctly(width, monkeypatch):
-    """The interpreter normally uses its own large tiles; run each configuration a GPU may pick
-    (every forward autotune config of the bucket, the backward's config) through the same
-    launchers once, on few rows, with a masked tail."""
-    block_n = C.layer_norm_block_n(width)
-    bwd_cfg = C.layer_norm_bwd_config(block_n)
-    monkeypatch.setattr(K, "layer_norm_interpret_bwd_config", lambda bn: bwd_cfg)
-    monkeypatch.setattr(K, "layer_norm_interpret_dwdb_config", C.layer_norm_dwdb_config)
-    for block_m, warps in C.layer_norm_fwd_configs_for(block_n):
-        monkeypatch.setattr(K, "layer_norm_interpret_fwd_config", lambda bn, m, c=(block_m, warps): c)
-        rows = block_m + 1 if block_m > 1 else 3
-        x, r, w, b = _inputs((rows, width), torch.float32, residual=True)
-        _check_all("add", x, r, w, b)
-
-
-def test_zero_rows():
-    x = torch.randn(0, 384, requires_grad=True)
-    w = torch.randn(384, requires_grad=True)
-    b = torch.randn(384, requires_grad=True)
+def test_zero_rows(device):
+    x = torch.randn(0, 384, requires_grad=True, device=device)
+    w = torch.randn(384, requires_grad=True, device=device)
+    b = torch.randn(384, requires_grad=True, device=device)
     y = layer_norm(x, w, b, backend="triton")
     assert y.shape == (0, 384)
     y.sum().backward()
-    assert torch.equal(w.grad, torch.zeros(384)) and torch.equal(b.grad, torch.zeros(384))
+    assert torch.equal(w.grad, torch.zeros(384, device=device)) and torch.equal(b.grad, torch.zeros(384, device=device))
     assert x.grad.shape == (0, 384)
 
 
-def test_one_dimensional_input():
-    x, _, w, b = _inputs((768,), torch.float32)
+def test_one_dimensional_input(device):
+    x, _, w, b = _inputs((768,), torch.float32, device=device)
     _check_all("ln", x, None, w, b)
 
 
-def test_eps_is_used():
-    x = torch.randn(4, 192) * 1e-3
+def test_eps_is_used(device):
+    x = torch.randn(4, 192, device=device) * 1e-3
     for eps in (1e-6, 1e-2):
         y = layer_norm(x, None, None, eps, backend="triton")
         assert_close_to_reference(y, reference.layer_norm(x.double(), None, None, eps), dtype=torch.float32)
 
 
-def test_float64_goes_to_pytorch():
-    x, r, w, b = (t.double() for t in _inputs((7, 192), torch.float32, residual=True))
-    torch.testing.assert_close(layer_norm(x, w, b, backend="triton"), F.layer_norm(x, (192,), w, b), rtol=0, atol=0)
-    h, y = add_layer_norm(x, r, w, b, backend="triton")
-    torch.testing.assert_close(y, F.layer_norm(x + r, (192,), w, b), rtol=0, atol=0)
-
-
-def test_autocast_runs_in_fp32_like_cuda_autocast():
-    """Under autocast LayerNorm runs in fp32 and returns fp32 (CUDA autocast's policy for
-    layer_norm, applied on every device), reading fp16/bf16 activations and fp32 parameters
-    without copies; gradients come back in each input's dtype."""
-    x = torch.randn(2, 9, 384, dtype=torch.bfloat16, requires_grad=True)
-    r = torch.randn(2, 9, 384, dtype=torch.float32, requires_grad=True)
-    w = torch.randn(384, requires_grad=True)
-    b = torch.randn(384, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = T.triton_layer_norm(x, w, b, 1e-6)
-        h, y2 = T.triton_add_layer_norm(x, r, w, b, 1e-6)
-    assert y.dtype == torch.float32 and h.dtype == torch.float32 and y2.dtype == torch.float32
-    (y.sum() + (y2 * y2).sum() + h.sum()).backward()
-    assert x.grad.dtype == torch.bfloat16 and r.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
-
-    xr, rr, wr, br = (t.detach().double().requires_grad_() for t in (x, r, w, b))
-    yr = reference.layer_norm(xr, wr, br, 1e-6)
-    hr, y2r = reference.add_layer_norm(xr, rr, wr, br, 1e-6)
-    (yr.sum() + (y2r * y2r).sum() + hr.sum()).backward()
-    for got, want in ((y, yr), (y2, y2r), (h, hr), (r.grad, rr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
-        assert_close_to_reference(got, want, dtype=torch.float32)
-    assert_close_to_reference(x.grad, xr.grad, dtype=torch.bfloat16, lowp_baseline=_to_lowp(xr.grad, torch.bfloat16))
-
-
-# --------------------------------------------------------------------------------------------
-# torch.library custom ops and torch.compile
-# --------------------------------------------------------------------------------------------
-
-def test_opcheck_custom_ops():
-    x, r, w, b = _inputs((3, 7, 192), torch.float32, residual=True)
-    torch.library.opcheck(torch.ops.fastvit.layer_norm_fwd.default, (x, w, b, 1e-5, None))
-    torch.library.opcheck(torch.ops.fastvit.layer_norm_fwd.default, (x.half(), None, None, 1e-5, torch.float32))
-    torch.library.opcheck(torch.ops.fastvit.add_layer_norm_fwd.default, (x, r, w, b, 1e-5, None))
-    torch.library.opcheck(torch.ops.fastvit.add_layer_norm_fwd.default, (x, r, None, b, 1e-5, None))
-    _, mean, rstd = K.layer_norm_fwd(x, w, b, 1e-5)
-    dy = torch.randn_like(x)
-    torch.library.opcheck(torch.ops.fastvit.layer_norm_bwd.default, (dy, x, w, mean, rstd, None, torch.float32))
-    torch.library.opcheck(torch.ops.fastvit.layer_norm_bwd.default, (dy, x, None, mean, rstd, dy.clone(), None))
-
-
-def test_compile_fullgraph_aot_eager():
-    torch._dynamo.reset()
-
-    def block(x, r, w1, b1, w2, b2):
-        h, y = add_layer_norm(x, r, w1, b1, 1e-6)
-        return layer_norm(h * 2 + y, w2, b2, 1e-6).sum() + h.sum()
-
-    x, r, w1, b1 = _inputs((2, 9, 192), torch.float32, residual=True)
-    w2, b2 = torch.randn(192), torch.randn(192)
-    eager_in = _leaves(x, r, w1, b1, w2, b2)
-    compiled_in = _leaves(x, r, w1, b1, w2, b2)
-    out_e = block(*eager_in)
-    out_e.backward()
-    out_c = torch.compile(block, fullgraph=True, backend="aot_eager")(*compiled_in)
-    out_c.backward()
-    torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-5)
-    for a, c in zip(eager_in, compiled_in):
-        torch.testing.assert_close(c.grad, a.grad, rtol=1e-6, atol=1e-6)
-
-
-# --------------------------------------------------------------------------------------------
-# bad input: clear errors before any launch
-# --------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def boom(*args, **kwargs):
-        raise AssertionError("a kernel was launched for bad input")
-    monkeypatch.setattr(K, "_fwd", boom)
-    monkeypatch.setattr(K, "layer_norm_bwd", boom)
-
-
-def _x(*shape, dtype=torch.float32):
-    return torch.randn(*shape, dtype=dtype)
-
-
-BAD = [
-    ("weight width", lambda: layer_norm(_x(3, 192), _x(191), None, backend="triton"), ValueError, r"weight must have shape \(192,\)"),
-    ("bias width", lambda: layer_norm(_x(3, 192), None, _x(384), backend="triton"), ValueError, r"bias must have shape \(192,\)"),
-    ("2-D weight", lambda: layer_norm(_x(3, 192), _x(1, 192), None, backend="triton"), ValueError, r"weight must be 1-D"),
-    ("dtype mismatch", lambda: layer_norm(_x(3, 192), _x(192, dtype=torch.float16), None, backend="triton"), ValueError, r"dtype"),
-    ("residual dtype", lambda: add_layer_norm(_x(3, 192), _x(3, 192, dtype=torch.bfloat16), backend="triton"), ValueError, r"dtype"),
-    ("device mismatch", lambda: layer_norm(_x(3, 192), torch.empty(192, device="meta"), None, backend="triton"), ValueError, r"device"),
-    ("integer x", lambda: layer_norm(torch.ones(3, 192, dtype=torch.int32), backend="triton"), TypeError, r"x must have a floating dtype"),
-    ("integer weight", lambda: layer_norm(_x(3, 192), torch.ones(192, dtype=torch.int64), backend="triton"), TypeError, r"weight must have a floating dtype"),
-    ("eps zero", lambda: layer_norm(_x(3, 192), eps=0.0, backend="triton"), ValueError, r"eps must be a positive float"),
-    ("eps negative", lambda: add_layer_norm(_x(3, 192), _x(3, 192), eps=-1e-5, backend="triton"), ValueError, r"eps must be a positive float"),
-    ("eps not a number", lambda: layer_norm(_x(3, 192), eps="1e-5", backend="triton"), ValueError, r"eps must be a positive float"),
-    ("residual shape", lambda: add_layer_norm(_x(3, 192), _x(4, 192), backend="triton"), ValueError, r"residual must have the shape of x"),
-    ("too wide", lambda: layer_norm(_x(1, 16385), backend="triton"), ValueError, r"widths up to 16384"),
-    ("0-D x", lambda: layer_norm(torch.tensor(1.0), backend="triton"), ValueError, r"x must have at least 1 dimensions"),
-    ("not a tensor", lambda: layer_norm([1.0, 2.0], backend="triton"), TypeError, r"x must be a torch.Tensor"),
-]
-
-
-@pytest.mark.parametrize("name,call,exc,match", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_refused_before_launch(no_launch, name, call, exc, match):
-    with pytest.raises(exc, match=match):
-        call()
-
-
-def test_launchers_validate_what_they_rely_on():
-    x = _x(3, 192)
-    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
-        K.layer_norm_fwd(x.double(), None, None, 1e-5)
-    with pytest.raises(ValueError, match=r"weight must have shape \(192,\)"):
-        K.layer_norm_fwd(x, _x(10), None, 1e-5)
-    with pytest.raises(ValueError, match="eps must be a positive float"):
-        K.layer_norm_fwd(x, None, None, 0)
-    with pytest.raises(ValueError, match=r"x.shape\[-1\] must be in \[1, 16384\]"):
-        K.layer_norm_fwd(_x(1, 20000), None, None, 1e-5)
-    _, mean, rstd = K.layer_norm_fwd(x, None, None, 1e-5)
-    with pytest.raises(ValueError, match="dy must have the shape of x"):
-        K.layer_norm_bwd(_x(3, 191), x, None, mean, rstd)
-    with pytest.raises(ValueError, match="mean must be float32"):
-        K.layer_norm_bwd(x, x, None, mean.double(), rstd)

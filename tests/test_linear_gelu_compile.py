@@ -19,6 +19,7 @@ import torch
 
 from fastvit.kernels import _configs as C
 from fastvit.kernels import linear_gelu as K
+from fastvit.kernels import linear_gelu_bwd as KB
 from fastvit.profiling import compile_report as cr
 from tests._aot import check_fits
 
@@ -38,7 +39,7 @@ def _subset(specs: list[dict]) -> list[dict]:
                         "_gelu_bwd[fp64,none,strided]", "_bias_grad_reduce[fp32]",
                         "_bias_grad_reduce[fp64,strided]"),
     ]
-    return [s for s in specs if any(w(s["name"]) for w in wanted)]
+    return [s for s in specs if any(w(s.name) for w in wanted)]
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,12 @@ def reports():
 
 def test_subset_holds_every_kernel_and_gemm_tile(reports):
     specs, _ = reports
-    assert {s["fn"] for s in specs} == {K._linear_gelu_fwd, K._bias_gelu_fwd, K._gelu_bwd, K._bias_grad_reduce}
-    tiles = {(s["constexprs"]["BLOCK_M"], s["constexprs"]["BLOCK_N"], s["constexprs"]["BLOCK_K"], s["num_warps"],
-              s["num_stages"]) for s in specs if s["fn"] is K._linear_gelu_fwd}
+    assert {s.fn for s in specs} == {K._linear_gelu_fwd, K._bias_gelu_fwd, KB._gelu_bwd, KB._bias_grad_reduce}
+    tiles = {(s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.constexprs["BLOCK_K"], s.num_warps, s.num_stages)
+             for s in specs if s.fn is K._linear_gelu_fwd}
     for dtype, prec in ((torch.bfloat16, "ieee"), (torch.float32, "ieee")):
         for c in C.linear_gelu_gemm_configs(dtype, prec):
-            assert (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c["num_warps"], c["num_stages"]) in tiles
+            assert (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in tiles
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -62,8 +63,8 @@ def test_no_spills_shared_memory_fits_tensor_cores(reports, arch):
     specs, reps = reports
     mine = check_fits(specs, reps, arch)
     for spec, r in zip(specs, mine):
-        assert r.name == spec["name"] and r.hmma is not None and r.hgmma is not None, r.notes
-        if spec["mma"]:
+        assert r.name == spec.name and r.hmma is not None and r.hgmma is not None, r.notes
+        if spec.mma:
             # sm_80: mma.sync (HMMA); sm_90a: Triton lowers these tiles to warpgroup MMA (HGMMA)
             count = r.hmma if arch == 80 else r.hgmma
             assert count > 0, f"{r.name} sm_{arch}: no tensor-core MMA (HMMA {r.hmma}, HGMMA {r.hgmma})"
@@ -76,34 +77,44 @@ def test_specs_cover_every_configuration_the_launchers_may_pick():
     GELUs; every elementwise kernel for every dtype, GELU and layout, with the configuration
     the launcher uses on a GPU. Each spec types every argument of its kernel."""
     specs = K.aot_specs()
-    names = [s["name"] for s in specs]
+    names = [s.name for s in specs]
     assert len(names) == len(set(names))
     by_name = dict(zip(names, specs))
     for dtype, t, precs in ((torch.float16, "fp16", ("ieee",)), (torch.bfloat16, "bf16", ("ieee",)),
                             (torch.float32, "fp32", ("ieee", "tf32"))):
         for prec in precs:
             for c in C.linear_gelu_gemm_configs(dtype, prec):
-                assert min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) >= 16  # tl.dot on a GPU
-                for approx in ("none", "tanh"):
+                kw = c.kwargs
+                assert min(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]) >= 16  # tl.dot on a GPU
+                for approx in K.GELU_APPROXIMATIONS:
                     for even_k in (False, True):
-                        s = by_name[f"_linear_gelu_fwd[{t},{prec},{approx},{c['BLOCK_M']}x{c['BLOCK_N']}x"
-                                    f"{c['BLOCK_K']}_w{c['num_warps']}s{c['num_stages']}{',evenk' if even_k else ''}]"]
-                        assert s["constexprs"]["EVEN_K"] == even_k
-                    assert s["mma"] == (dtype != torch.float32 or prec == "tf32")
-                    assert s["constexprs"]["EPILOGUE_SPLIT"] == c["EPILOGUE_SPLIT"]
-                    assert s["constexprs"]["GROUP_M"] == c["GROUP_M"]
+                        s = by_name[f"_linear_gelu_fwd[{t},{prec},{approx},{kw['BLOCK_M']}x{kw['BLOCK_N']}x"
+                                    f"{kw['BLOCK_K']}_w{c.num_warps}s{c.num_stages}{',evenk' if even_k else ''}]"]
+                        assert s.constexprs["EVEN_K"] == even_k and s.constexprs["APPROXIMATE"] == approx
+                    assert s.mma == (dtype != torch.float32 or prec == "tf32")
+                    assert s.constexprs["EPILOGUE_SPLIT"] == kw["EPILOGUE_SPLIT"]
+                    assert s.constexprs["GROUP_M"] == kw["GROUP_M"]
     for dtype, t in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"), (torch.float32, "fp32"),
                      (torch.float64, "fp64")):
-        ew = C.linear_gelu_epilogue_config(interpret=False, dtype=dtype)
-        bw = C.linear_gelu_bwd_config(interpret=False, dtype=dtype)
+        ew = C.linear_gelu_epilogue_config(dtype)
+        bw = C.linear_gelu_bwd_config(dtype)
         for tag in ("", ",strided"):
-            for approx in ("none", "tanh"):
+            for approx in K.GELU_APPROXIMATIONS:
                 s = by_name[f"_bias_gelu_fwd[{t},{approx}{tag}]"]
-                assert (s["constexprs"]["BLOCK_M"], s["constexprs"]["BLOCK_N"], s["num_warps"]) == \
+                assert (s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps) == \
                     (ew["BLOCK_M"], ew["BLOCK_N"], ew["num_warps"])
                 s = by_name[f"_gelu_bwd[{t},{approx}{tag}]"]
-                assert (s["constexprs"]["BLOCK_M"], s["constexprs"]["BLOCK_N"], s["num_warps"]) == \
+                assert (s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps) == \
                     (bw["BLOCK_M"], bw["BLOCK_N"], bw["num_warps"])
             assert f"_bias_grad_reduce[{t}{tag}]" in by_name
     for s in specs:
-        cr._job(s, 80)  # validates the signature against the kernel's arguments, without compiling
+        cr._job(s, 80)  # packs the job a compile worker gets, without compiling
+
+
+def test_every_gemm_candidate_is_in_a_table():
+    """The autotuner's one candidate list is exactly the union of the per-dtype tables."""
+    from fastvit.kernels._autotune import config_key
+    tables = {config_key(c) for dtype, prec in ((torch.float16, "ieee"), (torch.float32, "tf32"),
+                                                (torch.float32, "ieee"))
+              for c in C.linear_gelu_gemm_configs(dtype, prec)}
+    assert {config_key(c) for c in K._linear_gelu_fwd_tuned.configs} == tables

@@ -1,4 +1,7 @@
-"""linear_gelu: GELU(x @ W^T + b) with bias and GELU in the GEMM epilogue (Triton interpreter).
+"""linear_gelu: GELU(x @ W^T + b) with bias and GELU in the GEMM epilogue, on the ``device``
+fixture's device (the interpreter on CPU; a GPU with FASTVIT_TEST_ON_GPU=1): the op end to end,
+both forward paths and the backward pass through the launchers. (Op-layer tests:
+test_linear_gelu_ops.py; configurations, the GPU's autotuning and race: test_linear_gelu_configs.py.)
 
 Every output and gradient is compared with float64 PyTorch (``fastvit.reference``): fp32 to a
 relative error of 1e-5; fp16/bf16 to at most 2x the error of plain PyTorch in the same dtype.
@@ -14,15 +17,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 import fastvit.ops as ops
 from fastvit import reference
-from fastvit.kernels import _configs
 from fastvit.kernels import linear_gelu as K
 from fastvit.kernels._interpret import interpreting
-from fastvit.ops import _linear_gelu_triton as T
-
-from ._tolerances import assert_close_to_reference, rel_err
+from tests._simulated_gpu import skip_on_gpu
+from tests._tolerances import assert_close_to_reference, rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 APPROX = ["none", "tanh"]
@@ -204,6 +206,7 @@ def test_forward_launcher_poisoned(dtype, gemm, device):
     _check(y, reference.gelu(pre64, approx), dtype, F.gelu(F.linear(x, w, b), approximate=approx), f"{gemm} output")
 
 
+@skip_on_gpu
 def test_forward_auto_is_triton_gemm_under_interpreter(device, monkeypatch):
     x, w, b = _inputs((70, 40), 66, torch.float32, device)
     y_triton, _ = K.linear_gelu_fwd(x, w, b, gemm="triton")
@@ -223,8 +226,8 @@ def test_forward_small_tiles_many_groups(even_k, split, device):
     BLOCK_K (unmasked K loop) or not."""
     k = 64 if even_k else 57
     x, w, b = _inputs((150, k), 77, torch.float32, device)
-    cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 3, "EPILOGUE_SPLIT": split,
-           "num_warps": 4, "num_stages": 1}
+    cfg = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 3, "EPILOGUE_SPLIT": split},
+                        num_warps=4, num_stages=1)
     out = torch.full((150, 77), float("nan"), device=device)
     y, _ = K.linear_gelu_fwd(x, w, b, "tanh", out=out, config=cfg)
     assert rel_err(y, reference.linear_gelu(x.double(), w.double(), b.double(), "tanh")) <= 1e-5
@@ -270,154 +273,3 @@ def test_backward_stride0_dy(device):
     assert rel_err(dpre, p64.grad) <= 1e-5 and rel_err(dbias, p64.grad.sum(0)) <= 1e-5
 
 
-# ----------------------------------------------------------------------------------------------
-# Autocast, custom ops, torch.compile
-# ----------------------------------------------------------------------------------------------
-
-def test_autocast_runs_in_autocast_dtype(device):
-    x, w, b = _inputs((3, 17, 40), 36, torch.float32, device)
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        y = ops.linear_gelu(*leaves, backend="triton")
-        expected = F.gelu(F.linear(x, w, b))
-    assert y.dtype == expected.dtype == torch.bfloat16
-    y_cast = ops.linear_gelu(x.bfloat16(), w.bfloat16(), b.bfloat16(), backend="triton")
-    assert torch.equal(y, y_cast)
-    y.float().sum().backward()
-    for t in leaves:
-        assert t.grad.dtype == torch.float32
-    # mixed dtypes, as autocast allows for F.linear: bf16 activations, fp32 parameters
-    xb = x.bfloat16().requires_grad_()
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        y_mixed = T.triton_linear_gelu(xb, w, b, "none")
-    assert torch.equal(y_mixed, y_cast)
-    y_mixed.float().sum().backward()
-    assert xb.grad.dtype == torch.bfloat16
-
-
-def test_opcheck(device):
-    x, w, b = _inputs((13, 24), 20, torch.float32, device)
-    for bias in (b, None):
-        for store_pre in (True, False):
-            torch.library.opcheck(torch.ops.fastvit.linear_gelu_fwd.default, (x, w, bias, "tanh", store_pre))
-    dy, pre = torch.randn(13, 20, device=device), torch.randn(13, 20, device=device)
-    for bias_grad in (True, False):
-        torch.library.opcheck(torch.ops.fastvit.linear_gelu_bwd.default, (dy, pre, "none", bias_grad))
-
-
-def test_torch_compile_fullgraph(device):
-    x, w, b = _inputs((2, 19, 48), 40, torch.float32, device)
-    dy = torch.randn(2, 19, 40, device=device)
-
-    def fn(x_, w_, b_):
-        return ops.linear_gelu(x_, w_, b_, "tanh", backend="triton")
-
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    y_c, g_c = _grads(compiled, (x, w, b), dy)
-    y_e, g_e = _grads(fn, (x, w, b), dy)
-    assert torch.equal(y_c, y_e)
-    for a, e in zip(g_c, g_e):
-        assert torch.allclose(a, e, rtol=1e-6, atol=1e-6)
-
-
-# ----------------------------------------------------------------------------------------------
-# Bad input: clear errors, before any launch
-# ----------------------------------------------------------------------------------------------
-
-class _NoLaunch:
-    def __getitem__(self, grid):
-        raise AssertionError("a kernel was launched for bad input")
-
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    for name in ("_linear_gelu_fwd", "_bias_gelu_fwd", "_gelu_bwd", "_bias_grad_reduce"):
-        monkeypatch.setattr(K, name, _NoLaunch())
-
-
-def test_bad_input_op(device, no_launch):
-    x, w, b = _inputs((4, 8), 6, torch.float32, device)
-    with pytest.raises(ValueError, match="weight must have shape"):
-        ops.linear_gelu(x, torch.randn(6, 9), b, backend="triton")
-    with pytest.raises(ValueError, match="bias must have shape"):
-        ops.linear_gelu(x, w, torch.randn(7), backend="triton")
-    with pytest.raises(ValueError, match="dtype"):
-        ops.linear_gelu(x, w.half(), b, backend="triton")
-    with pytest.raises(ValueError, match="dtype"):
-        ops.linear_gelu(x, w, b.double(), backend="triton")
-    with pytest.raises(ValueError, match="device"):
-        ops.linear_gelu(x, w.to("meta"), b, backend="triton")
-    with pytest.raises(TypeError, match="floating dtype"):
-        ops.linear_gelu(x.to(torch.int32), w.to(torch.int32), None, backend="triton")
-    with pytest.raises(TypeError, match="floating dtype"):
-        ops.linear_gelu(torch.ones(4, 8, dtype=torch.int64), w, b, backend="triton")
-    with pytest.raises(ValueError, match="approximate"):
-        ops.linear_gelu(x, w, b, approximate="sigmoid", backend="triton")
-    with pytest.raises(ValueError, match="approximate"):
-        ops.linear_gelu(x, w, b, approximate=None, backend="triton")
-    with pytest.raises(ValueError, match="weight must be 2-D"):
-        ops.linear_gelu(x, w[0], b, backend="triton")
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        ops.linear_gelu(x.tolist(), w, b, backend="triton")
-
-
-def test_bad_input_launchers(device, no_launch):
-    x, w, b = _inputs((4, 8), 6, torch.float32, device)
-    with pytest.raises(ValueError, match="x must be 2-D"):
-        K.linear_gelu_fwd(x[None], w, b)
-    with pytest.raises(ValueError, match=r"weight must have shape \(N, 8\)"):
-        K.linear_gelu_fwd(x, w[:, :5], b)
-    with pytest.raises(TypeError, match="weight must have dtype"):
-        K.linear_gelu_fwd(x, w.half(), b)
-    with pytest.raises(TypeError, match="x must be float16"):
-        K.linear_gelu_fwd(x.int(), w.int(), None)
-    with pytest.raises(ValueError, match="gemm must be one of"):
-        K.linear_gelu_fwd(x, w, b, gemm="cutlass")
-    with pytest.raises(TypeError, match="gemm='triton' supports"):
-        K.linear_gelu_fwd(x.double(), w.double(), b.double(), gemm="triton")
-    with pytest.raises(ValueError, match="out must have shape"):
-        K.linear_gelu_fwd(x, w, b, out=torch.empty(4, 7))
-    with pytest.raises(ValueError, match="approximate"):
-        K.linear_gelu_fwd(x, w, b, "fast")
-    with pytest.raises(ValueError, match="pre must have shape"):
-        K.linear_gelu_bwd(torch.randn(4, 6), torch.randn(4, 5))
-    with pytest.raises(TypeError, match="pre must have dtype"):
-        K.linear_gelu_bwd(torch.randn(4, 6), torch.randn(4, 6).half())
-
-
-# ----------------------------------------------------------------------------------------------
-# Configurations
-# ----------------------------------------------------------------------------------------------
-
-def test_gemm_configs_pruning():
-    for dtype, prec in ((torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "tf32"),
-                        (torch.float32, "ieee")):
-        configs = _configs.linear_gelu_gemm_configs(dtype, prec)
-        assert configs
-        for c in configs:
-            # tl.dot needs every tile dimension >= 16 on a GPU; everything fits sm_80's 163 KB
-            assert min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) >= 16
-            assert _configs.linear_gelu_smem_bytes(c, dtype.itemsize) <= 163 * 1024
-        big = _configs.prune_linear_gelu_configs(configs, M=25216, N=3072, K=768, dtype=dtype, smem_limit=163 * 1024)
-        assert big == configs
-        small = _configs.prune_linear_gelu_configs(configs, M=20, N=20, K=20, dtype=dtype, smem_limit=163 * 1024)
-        assert len(small) >= 1 and all(c in configs for c in small)
-        tiny_smem = _configs.prune_linear_gelu_configs(configs, M=4096, N=4096, K=4096, dtype=dtype, smem_limit=1)
-        assert len(tiny_smem) == 1
-    sm86 = _configs.prune_linear_gelu_configs(_configs.linear_gelu_gemm_configs(torch.float16, "ieee"),
-                                              M=4096, N=4096, K=768, dtype=torch.float16, smem_limit=99 * 1024)
-    assert sm86 and all(_configs.linear_gelu_smem_bytes(c, 2) <= 99 * 1024 for c in sm86)
-
-
-def test_gpu_gemm_eligibility():
-    """On a GPU the Triton GEMM only runs on the layout aot_specs compiles and checks (aligned,
-    K-contiguous); everything else takes cuBLAS + the epilogue kernel."""
-    x, w, b = torch.randn(10, 64), torch.randn(32, 64), torch.randn(32)
-    y = torch.empty(10, 32)
-    assert K._gemm_eligible(x, w, b, y, None) and K._gemm_eligible(x, w, None, y, torch.empty(10, 32))
-    assert not K._gemm_eligible(torch.randn(10, 200)[:, :72], torch.randn(32, 72), b, y, None)  # row stride 200
-    assert not K._gemm_eligible(torch.randn(10, 72), torch.randn(32, 72), b, y, None)  # K = 72
-    assert not K._gemm_eligible(x, torch.randn(64, 32).t(), b, y, None)  # weight not K-contiguous
-    assert not K._gemm_eligible(torch.randn(10, 65)[:, 1:], w, b, y, None)  # misaligned pointer
-    assert not K._gemm_eligible(x, torch.randn(24, 64), torch.randn(24), torch.empty(10, 24), None)  # N = 24
-    assert not K._gemm_eligible(x, w, torch.randn(64)[::2], y, None)  # strided bias

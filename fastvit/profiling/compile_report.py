@@ -1,18 +1,12 @@
 """Ahead-of-time compile report: what our Triton kernels cost on real GPUs, without one.
 
-Each kernel module in ``fastvit.kernels`` exposes ``aot_specs()``: plain dicts naming a
-``@triton.jit`` function, its argument types, its compile-time constants and its launch
-configuration. This module compiles each spec for a chosen NVIDIA architecture with Triton's own
-pipeline (``triton.compile`` on an ``ASTSource`` for a ``GPUTarget``; no driver involved), then
-reads the result with the tools shipped in the Triton wheel:
-
-* ``ptxas -v`` on the PTX: registers per thread, spill store/load bytes, static shared memory;
-* ``cuobjdump -res-usage`` / ``-sass`` on the cubin: registers as loaded, static shared memory and
-  the SASS, in which tensor-core instructions are counted (``HMMA`` on sm_80+, ``HGMMA``, the
-  warpgroup MMA, on sm_90a);
-* the kernel metadata: ``shared``, the dynamic shared memory Triton asks for at launch.
-
-From registers, shared memory and threads per block it derives the theoretical occupancy.
+Each kernel module in ``fastvit.kernels`` exposes ``aot_specs()``: ``AotSpec``s
+(``fastvit/kernels/_aot.py``) naming a ``@triton.jit`` function, its argument types, its
+compile-time constants and its launch configuration. This module compiles each spec for a
+chosen NVIDIA architecture with Triton's own pipeline (``triton.compile`` on an ``ASTSource``
+for a ``GPUTarget``; no driver involved) and reads the result with the tools shipped in the
+Triton wheel (``fastvit.profiling.kernel_report``); architecture limits and occupancy live in
+``fastvit.profiling.arch_limits``.
 
 Under ``TRITON_INTERPRET=1`` (the test suite), ``@triton.jit`` returns interpreter objects, and so
 do Triton's own helpers (``tl.max``, ``tl.cdiv``, ...), and ``fastvit.kernels._interpret`` reports
@@ -27,7 +21,6 @@ compiles across processes cheap, and it is safe for concurrent processes.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -35,322 +28,36 @@ import inspect
 import math
 import os
 import pickle
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 from typing import Iterable, NamedTuple, Sequence
 
+from ..kernels._aot import AotSpec, python_function
+from .arch_limits import ARCH_LIMITS, KIB, ArchLimits, limits, occupancy, occupancy_details
+from .kernel_report import KernelReport, analyse, count_sass_opcodes, parse_ptxas_log, tool_paths
+
+# Re-exported: the CLI and earlier callers import these from here.
 __all__ = [
-    "ARCH_LIMITS", "ArchLimits", "CompileReportError", "KernelReport", "collect_specs",
-    "compile_spec", "format_table", "occupancy", "occupancy_details", "report", "tool_paths",
+    "ARCH_LIMITS", "ArchLimits", "CompileReportError", "KernelReport", "collect_specs", "compile_spec",
+    "count_sass_opcodes", "format_table", "occupancy", "occupancy_details", "parse_ptxas_log", "report",
+    "tool_paths",
 ]
 
 KERNEL_MODULES = ("attention", "layer_norm", "linear_gelu")
-_REQUIRED_KEYS = ("name", "fn", "signature", "constexprs", "num_warps", "num_stages")
 _WORKER_TIMEOUT_S = 1800
 _WORKER_ENV = "FASTVIT_AOT_WORKER"
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-architecture limits.
-#
-# Sources: CUDA C++ Programming Guide, "Compute Capabilities" -> Table "Technical Specifications
-# per Compute Capability" (max resident warps / blocks per SM, 64K 32-bit registers per SM,
-# 255 registers per thread, shared memory per SM and max per block) and the "Features and
-# Technical Specifications" notes on the 1 KB of shared memory the system reserves per block;
-# the allocation rules (registers allocated per warp in units of 256, four SM sub-partitions,
-# shared memory allocated in 128-byte units) follow the CUDA Occupancy Calculator and
-# `cuda_occupancy.h` in the CUDA toolkit (cudaOccMaxActiveBlocksPerMultiprocessor).
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ArchLimits:
-    """Per-SM resources of one compute capability, as the occupancy calculator uses them."""
-
-    arch: int
-    max_warps_per_sm: int
-    max_blocks_per_sm: int
-    smem_per_sm: int          # the largest shared-memory carve-out, bytes
-    smem_per_block: int       # opt-in maximum per block (what Triton checks at launch), bytes
-    regs_per_sm: int = 65536
-    max_regs_per_thread: int = 255
-    max_threads_per_block: int = 1024
-    reg_alloc_unit: int = 256     # registers are allocated per warp, rounded up to this
-    sub_partitions: int = 4       # registers come from one of 4 quarter register files
-    smem_alloc_unit: int = 128
-    smem_reserved_per_block: int = 1024
-    warp_size: int = 32
-
-
-KIB = 1024
-ARCH_LIMITS = {
-    80: ArchLimits(80, max_warps_per_sm=64, max_blocks_per_sm=32, smem_per_sm=164 * KIB, smem_per_block=163 * KIB),
-    86: ArchLimits(86, max_warps_per_sm=48, max_blocks_per_sm=16, smem_per_sm=100 * KIB, smem_per_block=99 * KIB),
-    89: ArchLimits(89, max_warps_per_sm=48, max_blocks_per_sm=24, smem_per_sm=100 * KIB, smem_per_block=99 * KIB),
-    90: ArchLimits(90, max_warps_per_sm=64, max_blocks_per_sm=32, smem_per_sm=228 * KIB, smem_per_block=227 * KIB),
-}
-
-
-def _limits(arch: int) -> ArchLimits:
-    if arch not in ARCH_LIMITS:
-        raise ValueError(f"arch must be one of {sorted(ARCH_LIMITS)} (compute capability x 10), got {arch!r}")
-    return ARCH_LIMITS[arch]
-
-
-def _round_up(x: int, unit: int) -> int:
-    return -(-x // unit) * unit
-
-
-def occupancy_details(registers: int, shared_bytes: int, num_warps: int, arch: int) -> dict:
-    """Resident blocks per SM allowed by each resource, and the resulting occupancy.
-
-    ``registers`` per thread, ``shared_bytes`` per block (static + dynamic, without the 1 KB the
-    system reserves, which is added here), ``num_warps`` per block. Occupancy is active warps per
-    SM over the architecture's maximum, as in the CUDA Occupancy Calculator.
-    """
-    lim = _limits(arch)
-    if num_warps <= 0 or registers < 0 or shared_bytes < 0:
-        raise ValueError("num_warps must be positive and registers, shared_bytes non-negative, got "
-                         f"num_warps={num_warps}, registers={registers}, shared_bytes={shared_bytes}")
-    blocks = {"warps": lim.max_warps_per_sm // num_warps, "blocks": lim.max_blocks_per_sm}
-
-    regs_per_warp = _round_up(registers * lim.warp_size, lim.reg_alloc_unit)
-    # The launch check assumes the block's warps are spread over all four sub-partitions.
-    regs_per_block = regs_per_warp * _round_up(num_warps, lim.sub_partitions)
-    if registers > lim.max_regs_per_thread or regs_per_block > lim.regs_per_sm:
-        blocks["registers"] = 0
-    elif regs_per_warp == 0:
-        blocks["registers"] = lim.max_blocks_per_sm
-    else:
-        # Warps get their registers inside one sub-partition: count what fits per quarter.
-        warps_per_partition = (lim.regs_per_sm // lim.sub_partitions) // regs_per_warp
-        blocks["registers"] = warps_per_partition * lim.sub_partitions // num_warps
-
-    if shared_bytes > lim.smem_per_block:
-        blocks["shared_memory"] = 0
-    else:
-        smem = _round_up(shared_bytes + lim.smem_reserved_per_block, lim.smem_alloc_unit)
-        blocks["shared_memory"] = lim.smem_per_sm // smem
-
-    if num_warps * lim.warp_size > lim.max_threads_per_block:
-        blocks["threads"] = 0
-    active = min(blocks.values())
-    return {
-        "blocks_per_sm": active,
-        "active_warps": active * num_warps,
-        "max_warps": lim.max_warps_per_sm,
-        "occupancy": active * num_warps / lim.max_warps_per_sm,
-        "limited_by": sorted(k for k, v in blocks.items() if v == active),
-        "block_limits": blocks,
-    }
-
-
-def occupancy(registers: int, shared_bytes: int, num_warps: int, arch: int) -> float:
-    """Theoretical occupancy in [0, 1]: active warps per SM / maximum warps per SM."""
-    return occupancy_details(registers, shared_bytes, num_warps, arch)["occupancy"]
-
-
-# ----------------------------------------------------------------------------------------------
-# The report.
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class KernelReport:
-    """Resources of one compiled kernel configuration on one architecture."""
-
-    name: str
-    arch: int
-    num_warps: int
-    num_stages: int
-    registers: int
-    spill_store_bytes: int
-    spill_load_bytes: int
-    spill_bytes: int
-    shared_bytes: int             # static + dynamic, per block
-    shared_limit: int             # opt-in maximum per block on ``arch``
-    hmma: int | None              # None when cuobjdump is unavailable
-    hgmma: int | None
-    occupancy: float
-    kernel: str = ""              # the Triton function's name
-    static_shared_bytes: int = 0
-    dynamic_shared_bytes: int = 0
-    stack_bytes: int = 0
-    blocks_per_sm: int = 0
-    limited_by: tuple = ()
-    notes: tuple = ()
-    ptx: str = dataclasses.field(default="", repr=False, compare=False)
-    cubin: bytes = dataclasses.field(default=b"", repr=False, compare=False)
-
-    def sass(self) -> str:
-        """The cubin disassembled by cuobjdump (not kept: it is large and cheap to redo)."""
-        text = _cuobjdump(self.cubin, "-sass")
-        if text is None:
-            raise RuntimeError("cuobjdump is not available in the triton wheel")
-        return text
-
-    @property
-    def tensor_core_instructions(self) -> int | None:
-        """HMMA + HGMMA, or None if the SASS could not be read."""
-        if self.hmma is None or self.hgmma is None:
-            return None
-        return self.hmma + self.hgmma
-
-    def to_dict(self) -> dict:
-        """Every field but the binaries, JSON-ready."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("ptx", "cubin")}
-        out["limited_by"] = list(self.limited_by)
-        out["notes"] = list(self.notes)
-        return out
 
 
 class CompileReportError(RuntimeError):
     """One or more specs failed to compile; the message names each and carries the error."""
 
 
-def tool_paths() -> dict:
-    """Paths of the NVIDIA tools inside the Triton wheel (None where missing)."""
-    from triton import knobs
-
-    out = {}
-    for tool in ("ptxas", "cuobjdump", "nvdisasm"):
-        try:
-            found = getattr(knobs.nvidia, tool)
-            out[tool] = found.path if found is not None else None
-        except Exception:  # a missing or broken binary: report it, do not fail the import
-            out[tool] = None
-    return out
-
-
-_SASS_OPCODE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)", re.MULTILINE)
-
-
-def count_sass_opcodes(sass: str, opcodes: Iterable[str] = ("HMMA", "HGMMA")) -> dict:
-    """How many SASS instructions have each opcode (modifiers such as ``.16816.F32`` ignored)."""
-    wanted = {op: 0 for op in opcodes}
-    for op in _SASS_OPCODE.findall(sass):
-        if op in wanted:
-            wanted[op] += 1
-    return wanted
-
-
-def parse_ptxas_log(log: str) -> dict:
-    """Registers, spills, stack frame and static shared memory from ``ptxas -v`` output.
-
-    Spills and stack are summed over every function the log lists; registers are the most any
-    function uses (a Triton kernel is one entry function, with rare non-inlined helpers).
-    """
-    def ints(pattern):
-        return [int(v) for v in re.findall(pattern, log)]
-
-    regs = ints(r"Used (\d+) registers")
-    if not regs:
-        raise ValueError(f"no register count in the ptxas log:\n{log}")
-    return {
-        "registers": max(regs),
-        "spill_store_bytes": sum(ints(r"(\d+) bytes spill stores")),
-        "spill_load_bytes": sum(ints(r"(\d+) bytes spill loads")),
-        "stack_bytes": sum(ints(r"(\d+) bytes stack frame")),
-        "static_shared_bytes": max(ints(r"(\d+) bytes smem") or [0]),
-    }
-
-
-def _run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    return proc.stdout + proc.stderr
-
-
-def _ptxas_log(ptx: str, arch: int, enable_fp_fusion: bool, ptx_options: str | None) -> str:
-    """Re-run the wheel's ptxas on Triton's PTX with Triton's flags, only to read ``-v``."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
-    ptxas = get_ptxas(arch).path
-    with tempfile.TemporaryDirectory(prefix="fastvit-ptxas-") as tmp:
-        src = os.path.join(tmp, "kernel.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        # Same flags as triton's make_cubin, so the register allocation is the one it shipped.
-        cmd = [ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", *([] if enable_fp_fusion else ["--fmad=false"]),
-               *(ptx_options.split() if ptx_options else []), f"--gpu-name={sm_arch_from_capability(arch)}",
-               src, "-o", os.path.join(tmp, "kernel.cubin")]
-        return _run(cmd)
-
-
-def _cuobjdump(cubin: bytes, flag: str) -> str | None:
-    tool = tool_paths()["cuobjdump"]
-    if tool is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="fastvit-cuobjdump-") as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        return _run([tool, flag, path])
-
-
-def _analyse(name: str, kernel: str, arch: int, num_warps: int, num_stages: int, ptx: str, cubin: bytes,
-             dynamic_shared: int, enable_fp_fusion: bool = True, ptx_options: str | None = None) -> KernelReport:
-    """Turn Triton's PTX, cubin and metadata into a KernelReport."""
-    lim = _limits(arch)
-    notes = []
-    usage = parse_ptxas_log(_ptxas_log(ptx, arch, enable_fp_fusion, ptx_options))
-    static_shared = usage["static_shared_bytes"]
-
-    res = _cuobjdump(cubin, "-res-usage")
-    sass = _cuobjdump(cubin, "-sass")
-    if res is None or sass is None:
-        hmma = hgmma = None
-        notes.append("cuobjdump not found in the triton wheel: no SASS, tensor-core counts unknown")
-    else:
-        counts = count_sass_opcodes(sass)
-        hmma, hgmma = counts["HMMA"], counts["HGMMA"]
-        m = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)", res)
-        if m:
-            loaded_regs, _, loaded_shared, _ = map(int, m.groups())
-            if loaded_regs != usage["registers"]:
-                notes.append(f"cubin reports {loaded_regs} registers, ptxas -v {usage['registers']}: using the cubin's")
-                usage["registers"] = loaded_regs
-            # sm_90a cubins may carry reserved static shared memory that ptxas -v does not list.
-            static_shared = max(static_shared, loaded_shared)
-    shared = static_shared + dynamic_shared
-    occ = occupancy_details(usage["registers"], shared, num_warps, arch)
-    if shared > lim.smem_per_block:
-        notes.append(f"needs {shared} B of shared memory, sm_{arch} allows {lim.smem_per_block} B per block")
-    return KernelReport(
-        name=name, arch=arch, num_warps=num_warps, num_stages=num_stages, registers=usage["registers"],
-        spill_store_bytes=usage["spill_store_bytes"], spill_load_bytes=usage["spill_load_bytes"],
-        spill_bytes=usage["spill_store_bytes"] + usage["spill_load_bytes"], shared_bytes=shared,
-        shared_limit=lim.smem_per_block, hmma=hmma, hgmma=hgmma, occupancy=occ["occupancy"], kernel=kernel,
-        static_shared_bytes=static_shared, dynamic_shared_bytes=dynamic_shared, stack_bytes=usage["stack_bytes"],
-        blocks_per_sm=occ["blocks_per_sm"], limited_by=tuple(occ["limited_by"]), notes=tuple(notes),
-        ptx=ptx, cubin=cubin,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Compiling a spec.
-# ----------------------------------------------------------------------------------------------
-def _check_spec(spec: dict) -> None:
-    if not isinstance(spec, dict):
-        raise TypeError(f"spec must be a dict, got {type(spec).__name__}")
-    missing = [k for k in _REQUIRED_KEYS if k not in spec]
-    if missing:
-        raise ValueError(f"spec {spec.get('name', '?')!r} lacks the keys {missing}; expected {list(_REQUIRED_KEYS)}")
-    if not isinstance(spec["signature"], dict) or not isinstance(spec["constexprs"], dict):
-        raise TypeError(f"spec {spec['name']!r}: signature and constexprs must be dicts")
-    for key in ("num_warps", "num_stages"):
-        if not isinstance(spec[key], int) or spec[key] <= 0:
-            raise ValueError(f"spec {spec['name']!r}: {key} must be a positive int, got {spec[key]!r}")
-
-
-def _python_function(fn):
-    """The plain Python function under a JITFunction, InterpretedFunction, Autotuner or Heuristics."""
-    obj = fn
-    for _ in range(16):
-        if inspect.isfunction(obj):
-            return obj
-        obj = getattr(obj, "fn", None)
-    raise TypeError(f"spec fn must be a @triton.jit function (possibly autotuned), got {fn!r}")
+def _check_spec(spec) -> AotSpec:
+    if not isinstance(spec, AotSpec):
+        raise TypeError(f"spec must be a fastvit.kernels._aot.AotSpec (built by aot_spec), got {type(spec).__name__}")
+    return spec
 
 
 def _jit_function(obj):
@@ -375,39 +82,21 @@ def _jit_usable_here() -> bool:
     return not knobs.runtime.interpret and isinstance(tl.cdiv, JITFunction)
 
 
-def _job(spec: dict, arch: int) -> dict:
-    """A picklable description of one compile: the kernel named by module and qualified name."""
+def _job(spec: AotSpec, arch: int) -> dict:
+    """A picklable description of one compile: the kernel named by module and qualified name.
+    (The spec validated its signature against the kernel's arguments when it was built.)"""
     _check_spec(spec)
-    _limits(arch)
-    pyfn = _python_function(spec["fn"])
-    signature = dict(spec["signature"])
-    constexprs = dict(spec["constexprs"])
-    for key in constexprs:
-        signature.setdefault(key, "constexpr")
-    params = list(inspect.signature(pyfn).parameters)
-    unknown = [k for k in signature if k not in params]
-    if unknown:
-        raise ValueError(f"spec {spec['name']!r}: {unknown} are not arguments of {pyfn.__qualname__}{tuple(params)}")
-    untyped = [p for p in params if p not in signature]
-    if untyped:
-        raise ValueError(f"spec {spec['name']!r}: the signature has no type for {untyped}")
-    valueless = [k for k, v in signature.items() if v == "constexpr" and k not in constexprs]
-    if valueless:
-        raise ValueError(f"spec {spec['name']!r}: constexpr arguments {valueless} have no value in constexprs")
-    # Launches with torch tensors pass 16-byte aligned pointers, and Triton specialises on that;
-    # a spec can list its own set ("aligned": names of pointer or int args divisible by 16).
-    aligned = spec.get("aligned")
-    if aligned is None:
-        aligned = [k for k, v in signature.items() if isinstance(v, str) and v.startswith("*")]
+    limits(arch)
+    pyfn = python_function(spec.fn)
     try:
         source_hash = hashlib.sha256(inspect.getsource(pyfn).encode()).hexdigest()[:16]
     except OSError:
         source_hash = ""
     return {
-        "name": spec["name"], "module": pyfn.__module__, "qualname": pyfn.__qualname__,
-        "file": inspect.getsourcefile(pyfn) or pyfn.__code__.co_filename, "signature": signature,
-        "constexprs": constexprs, "aligned": list(aligned), "num_warps": spec["num_warps"],
-        "num_stages": spec["num_stages"], "arch": arch, "source_hash": source_hash,
+        "name": spec.name, "module": pyfn.__module__, "qualname": pyfn.__qualname__,
+        "file": inspect.getsourcefile(pyfn) or pyfn.__code__.co_filename, "signature": dict(spec.signature),
+        "constexprs": dict(spec.constexprs), "aligned": list(spec.aligned), "num_warps": spec.num_warps,
+        "num_stages": spec.num_stages, "arch": arch, "source_hash": source_hash,
     }
 
 
@@ -455,7 +144,7 @@ def _compile_job(job: dict, fn=None) -> KernelReport:
     options = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
     kernel = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32), options=options)
     meta = kernel.metadata
-    return _analyse(job["name"], meta.name, job["arch"], job["num_warps"], job["num_stages"], kernel.asm["ptx"],
+    return analyse(job["name"], meta.name, job["arch"], job["num_warps"], job["num_stages"], kernel.asm["ptx"],
                     kernel.asm["cubin"], int(meta.shared), bool(getattr(meta, "enable_fp_fusion", True)),
                     getattr(meta, "ptx_options", None))
 
@@ -500,7 +189,7 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _compile_many(pairs: Sequence[tuple[dict, int]], isolate: bool | None, workers: int | None) -> list[KernelReport]:
+def _compile_many(pairs: Sequence[tuple[AotSpec, int]], isolate: bool | None, workers: int | None) -> list[KernelReport]:
     jobs = [_job(spec, arch) for spec, arch in pairs]
     keys = [_job_key(j) for j in jobs]
     with _CACHE_LOCK:
@@ -526,7 +215,7 @@ def _compile_many(pairs: Sequence[tuple[dict, int]], isolate: bool | None, worke
             for k, (spec, _), job in zip(keys, pairs, jobs):
                 if k in todo and k not in results:
                     try:
-                        results[k] = _compile_job(job, _jit_function(spec["fn"]))
+                        results[k] = _compile_job(job, _jit_function(spec.fn))
                     except Exception as e:
                         results[k] = f"{type(e).__name__}: {e}"
         failures = [f"{todo[k]['name']} (sm_{todo[k]['arch']}): {r}" for k, r in results.items()
@@ -539,7 +228,7 @@ def _compile_many(pairs: Sequence[tuple[dict, int]], isolate: bool | None, worke
         return [_CACHE[k] for k in keys]
 
 
-def compile_spec(spec: dict, arch: int, *, isolate: bool | None = None) -> KernelReport:
+def compile_spec(spec: AotSpec, arch: int, *, isolate: bool | None = None) -> KernelReport:
     """Compile one ``aot_specs()`` entry for ``sm_<arch>`` and report its resources.
 
     ``isolate`` forces (True) or forbids (False) compiling in a child process; by default a
@@ -548,7 +237,7 @@ def compile_spec(spec: dict, arch: int, *, isolate: bool | None = None) -> Kerne
     return _compile_many([(spec, arch)], isolate, 1)[0]
 
 
-def report(specs: Iterable[dict], archs: Iterable[int] = (80, 90), *, isolate: bool | None = None,
+def report(specs: Iterable[AotSpec], archs: Iterable[int] = (80, 90), *, isolate: bool | None = None,
            workers: int | None = None) -> list[KernelReport]:
     """Compile every spec for every arch (cached); reports in spec-major, arch-minor order.
 
@@ -556,7 +245,7 @@ def report(specs: Iterable[dict], archs: Iterable[int] = (80, 90), *, isolate: b
     """
     archs = list(archs)
     for arch in archs:
-        _limits(arch)
+        limits(arch)
     pairs = [(spec, arch) for spec in specs for arch in archs]
     return _compile_many(pairs, isolate, workers) if pairs else []
 
