@@ -126,9 +126,12 @@ def _run(cmd: list[str]) -> str:
 
 def _ptxas_log(ptx: str, arch: int, enable_fp_fusion: bool, ptx_options: str | None) -> str:
     """Re-run the wheel's ptxas on Triton's PTX with Triton's flags, only to read ``-v``."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    from triton import knobs
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
 
-    ptxas = get_ptxas(arch).path
+    # The wheel's ptxas for sm_80/sm_90 (knobs.nvidia.ptxas in every triton with knobs;
+    # get_ptxas() gained an arch argument only later, for Blackwell's separate ptxas).
+    ptxas = knobs.nvidia.ptxas.path
     with tempfile.TemporaryDirectory(prefix="fastvit-ptxas-") as tmp:
         src = os.path.join(tmp, "kernel.ptx")
         with open(src, "w") as f:
