@@ -25,13 +25,13 @@ TINY = "vit_tiny_patch16_224"
 
 # -- the command as typed, without this machine's paths ------------------------------------------
 def test_portable_command_rewrites_absolute_paths_only():
-    cwd, home = Path("/srv/work/repo"), Path("/home/ana")
-    cmd = portable_command(["profile", "--out", "/srv/work/repo/docs/cpu-report", "--reps", "3"], cwd, home)
+    cwd, home = Path("/srv/projects/repo"), Path("/home/ana")
+    cmd = portable_command(["profile", "--out", "/srv/projects/repo/docs/cpu-report", "--reps", "3"], cwd, home)
     assert cmd == "fastvit profile --out docs/cpu-report --reps 3"
     assert portable_command(["profile", "--out=/home/ana/runs/r 1"], cwd, home) == "fastvit profile --out=~/'runs/r 1'"
     assert portable_command(["profile", "--out", "/tmp/pytest-7/report0"], cwd, home) == \
         "fastvit profile --out .../report0"
-    assert portable_command(["profile", "--out", "/srv/work/repo"], cwd, home) == "fastvit profile --out ."
+    assert portable_command(["profile", "--out", "/srv/projects/repo"], cwd, home) == "fastvit profile --out ."
     assert portable_command(["profile", "--out", "report", "--model", TINY], cwd, home) == \
         f"fastvit profile --out report --model {TINY}"
     assert portable_command([], cwd, home) == "fastvit"

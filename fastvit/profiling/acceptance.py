@@ -119,7 +119,8 @@ def summarise(out_dir, steps: dict[str, int]) -> tuple[str, bool]:
         for o in OTHERS:
             vals = [r[f"vs_{o}"] for r in rows if f"vs_{o}" in r]
             if vals:
-                lines.append(f"  geometric mean vs {o}: {statistics.geometric_mean(vals):.2f}x over {len(vals)} case(s)")
+                mean = statistics.geometric_mean(vals)
+                lines.append(f"  geometric mean vs {o}: {mean:.2f}x over {len(vals)} case(s)")
     if results is not None:
         lines += [""] + _autotune_lines(results)
     if problems:
