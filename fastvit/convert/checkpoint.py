@@ -1,4 +1,5 @@
-"""Checkpoint files (.safetensors, .pt/.pth/.bin) of timm's or torchvision's layout into a FastViT."""
+"""Checkpoint files (.safetensors, .pt/.pth/.bin) of timm's, torchvision's, transformers' or
+open_clip's layout into a FastViT."""
 from __future__ import annotations
 
 import math
@@ -9,19 +10,27 @@ import torch
 from ..pos_embed import resample_pos_embed
 from ..vit import FastViT
 from ._common import load_strict
+from .open_clip_vit import is_open_clip_layout, open_clip_to_timm
 from .torchvision_vit import is_torchvision_layout, torchvision_to_timm
+from .transformers_vit import is_transformers_layout, transformers_to_timm
 
 
 def load_checkpoint(model: FastViT, path: str | os.PathLike, strict: bool = True) -> FastViT:
     """Load a ``.safetensors`` or ``.pt``/``.pth``/``.bin`` file (``torch.load(weights_only=True)``)
-    of timm or torchvision layout into ``model``; position embeddings of another grid are
+    of timm, torchvision, transformers or open_clip layout (recognised by its keys, renamed
+    with the converters' own mappings) into ``model``; position embeddings of another grid are
     resampled. Any other mismatch is reported key by key."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint path {path!r} does not exist")
     sd = _unwrap(_read(path), path)
-    if is_torchvision_layout(sd):
+    # transformers first: CLIP's "encoder.layers.N." would also pass torchvision's test
+    if is_transformers_layout(sd):
+        sd = transformers_to_timm(sd)
+    elif is_torchvision_layout(sd):
         sd = torchvision_to_timm(sd)
+    elif is_open_clip_layout(sd):
+        sd = open_clip_to_timm(sd, fc_norm=not isinstance(model.fc_norm, torch.nn.Identity))
     sd = dict(sd)
     _check_width(sd, model, path)
     if "pos_embed" in sd and sd["pos_embed"].shape != model.pos_embed.shape:
