@@ -57,7 +57,9 @@ def model(text: str) -> str:
     if text in names:
         return text
     close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    hint = ""
+    if close:
+        hint = f"; did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
     raise argparse.ArgumentTypeError(f"unknown model {text!r}{hint} (`fastvit list` prints every registered name)")
 
 

@@ -205,6 +205,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastvit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `fastvit list | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":  # pragma: no cover
