@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     o.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
     o.add_argument("--weight-decay", type=float, default=0.05,
-                   help="AdamW weight decay (not on biases, norms, position embeddings, CLS token)")
+                   help="AdamW weight decay (not on biases, norms, position embeddings, class tokens)")
     o.add_argument("--warmup-epochs", type=float, default=5.0, help="linear warmup before the cosine decay")
     o.add_argument("--label-smoothing", type=float, default=0.1, help="weight of the uniform target")
     o.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
@@ -191,8 +191,9 @@ def model_overrides(args) -> dict:
 def build_optimizer(model, args) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        # biases, LayerNorm parameters, position embeddings and the CLS token are not decayed
-        (no_decay if p.ndim <= 1 or name in ("pos_embed", "cls_token") else decay).append(p)
+        # biases, LayerNorm parameters, position embeddings and the CLS (register, distillation) tokens
+        # are not decayed
+        (no_decay if p.ndim <= 1 or name == "pos_embed" or name.endswith("_token") else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999))
 

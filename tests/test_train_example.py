@@ -143,6 +143,19 @@ def test_synthetic_run_needs_no_data_folder(tmp_path, capsys):
     assert (tmp_path / "s" / "last.safetensors").exists()
 
 
+def test_weight_decay_spares_biases_norms_position_embeddings_and_tokens():
+    model = fastvit.create_model("deit_tiny_distilled_patch16_224", depth=1, embed_dim=32, num_heads=2, img_size=32)
+    decay, no_decay = train.build_optimizer(model, train.parse_args(["--weight-decay", "0.3"])).param_groups
+    assert decay["weight_decay"] == 0.3 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "dist_token", "pos_embed"} <= spared
+    assert all(n.endswith(("bias", "_token", "pos_embed")) or ".norm" in n or n.startswith("norm") for n in spared), spared
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "patch_embed.proj.weight" in decayed and "blocks.0.attn.qkv.weight" in decayed
+    assert len(spared) + len(decayed) == len(names)
+
+
 def test_mixup_and_cutmix_targets():
     torch.manual_seed(0)
     x = torch.randn(6, 3, 8, 8)
