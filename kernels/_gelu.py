@@ -3,7 +3,8 @@ paths of linear_gelu end in, and the launchers' shared checks (``kernels/linear_
 ``kernels/linear_gelu_bwd.py``).
 
 ``APPROXIMATE`` selects the activation at compile time, one of ``GELU_APPROXIMATIONS``: "none"
-(erf GELU, ``F.gelu``), "tanh" (``F.gelu(approximate="tanh")``).
+(erf GELU, ``F.gelu``), "tanh" (``F.gelu(approximate="tanh")``), "quick" (QuickGELU,
+x * sigmoid(1.702 x), the activation of CLIP's OpenAI weights).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ._checks import KERNEL_DTYPES, require_tensor
 
 # The values of ``approximate`` the kernels implement (fastvit/ops/_checks.py validates against
 # this tuple).
-GELU_APPROXIMATIONS = ("none", "tanh")
+GELU_APPROXIMATIONS = ("none", "tanh", "quick")
 # The Triton GEMM takes KERNEL_DTYPES; float64 goes through the cuBLAS path and the elementwise
 # kernels only (tensor cores have no use for it; it is for checking).
 LINEAR_GELU_DTYPES = KERNEL_DTYPES + (torch.float64,)
@@ -25,6 +26,7 @@ _SQRT_HALF = tl.constexpr(0.7071067811865476)      # 1 / sqrt(2)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)   # 1 / sqrt(2 pi)
 _SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)  # sqrt(2 / pi)
 _TANH_COEF = tl.constexpr(0.044715)
+_QUICK_COEF = tl.constexpr(1.702)
 _EXP_CAP = tl.constexpr(80.0)  # exp(80) ~ 5.5e34 is finite in fp32
 
 
@@ -49,6 +51,9 @@ def _gelu(x, APPROXIMATE: tl.constexpr):
         # where tanh does, and portable (tl has no tanh outside the per-backend libdevice).
         # The cap keeps exp finite: past it |GELU| is below 1e-34 anyway.
         return x / (1.0 + tl.exp(tl.minimum(-2.0 * u, _EXP_CAP)))
+    elif APPROXIMATE == "quick":
+        # x * sigmoid(1.702 x), capped like the tanh form.
+        return x / (1.0 + tl.exp(tl.minimum(x * (-_QUICK_COEF), _EXP_CAP)))
     else:
         return 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
 
@@ -62,6 +67,10 @@ def _gelu_grad(x, APPROXIMATE: tl.constexpr):
         du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_COEF * x2)
         # d/dx [x * s] with ds/du = 2 s (1 - s)
         return s + 2.0 * x * s * (1.0 - s) * du
+    elif APPROXIMATE == "quick":
+        s = 1.0 / (1.0 + tl.exp(tl.minimum(x * (-_QUICK_COEF), _EXP_CAP)))
+        # d/dx [x * s(1.702 x)] = s + 1.702 x s (1 - s)
+        return s + _QUICK_COEF * x * s * (1.0 - s)
     else:
         cdf = 0.5 * (1.0 + tl.math.erf(x * _SQRT_HALF))
         pdf = tl.exp(-0.5 * x * x) * _INV_SQRT_2PI

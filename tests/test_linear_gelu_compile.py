@@ -3,11 +3,12 @@ spill bytes, shared memory within each architecture's per-block limit, tensor-co
 GEMM's SASS (HMMA on sm_80, warpgroup HGMMA on sm_90) and none in the elementwise kernels.
 
 ``aot_specs()`` lists every (kernel, configuration the launchers or the GPU autotuner may pick,
-dtype, GELU variant, K masked or not, layout): 100 specs, about ten minutes to compile for both
-architectures on two idle cores. The default run compiles a subset that holds every GEMM tile
+dtype, GELU variant (erf, tanh, quick), K masked or not, layout): 146 specs, about fifteen
+minutes to compile for both architectures on two idle cores. The default run compiles a subset that holds every GEMM tile
 configuration (bf16, erf GELU, K masked: fp16 compiles to the same code, and the erf epilogue
 and the masks are the heavier variants; one unmasked for comparison), the TF32 and exact-fp32
-GEMMs, and each elementwise kernel in its heaviest forms (fp64, strided); ``FASTVIT_AOT_FULL=1``
+GEMMs, each elementwise kernel in its heaviest forms (fp64, strided), and the QuickGELU epilogue
+on the largest tiles and in the elementwise kernels; ``FASTVIT_AOT_FULL=1``
 compiles all of them.
 """
 from __future__ import annotations
@@ -38,6 +39,11 @@ def _subset(specs: list[dict]) -> list[dict]:
                         "_bias_gelu_fwd[fp64,none]", "_bias_gelu_fwd[fp64,none,strided]", "_gelu_bwd[fp64,none]",
                         "_gelu_bwd[fp64,none,strided]", "_bias_grad_reduce[fp32]",
                         "_bias_grad_reduce[fp64,strided]"),
+        # QuickGELU: the largest tiles' epilogue, and the heaviest elementwise forms.
+        lambda n: n in ("_linear_gelu_fwd[bf16,ieee,quick,128x128x64_w8s4]",
+                        "_linear_gelu_fwd[fp16,ieee,quick,64x256x64_w8s3,evenk]",
+                        "_linear_gelu_fwd[fp32,tf32,quick,128x128x32_w8s3]",
+                        "_bias_gelu_fwd[fp64,quick,strided]", "_gelu_bwd[fp64,quick,strided]", "_gelu_bwd[bf16,quick]"),
     ]
     return [s for s in specs if any(w(s.name) for w in wanted)]
 

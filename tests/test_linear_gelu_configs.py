@@ -90,15 +90,25 @@ def test_gpu_gemm_eligibility():
 GEMM_CASES = C.LINEAR_GELU_CONFIGS
 
 
+def _activation(t, approx):
+    """float64 (or low-precision) reference of each epilogue activation."""
+    if approx == "quick":
+        return t * torch.sigmoid(1.702 * t)
+    return F.gelu(t, approximate=approx)
+
+
 @skip_on_gpu
-@pytest.mark.parametrize("config", GEMM_CASES, ids=[_autotune.config_label(c).replace(", ", "-") for c in GEMM_CASES])
-def test_every_gemm_configuration_matches_float64(config, device):
-    """M, N, K end in partial tiles (K not a multiple of BLOCK_K: the masked K loop); fp32 erf
-    GELU for all, and for the first configuration also fp16 tanh-GELU with K a multiple of
-    BLOCK_K (the unmasked loop)."""
-    cases = [(torch.float32, "none", 100)]
-    if config is GEMM_CASES[0]:
-        cases.append((torch.float16, "tanh", 2 * config.kwargs["BLOCK_K"]))
+@pytest.mark.parametrize("index", range(len(GEMM_CASES)),
+                         ids=[_autotune.config_label(c).replace(", ", "-") for c in GEMM_CASES])
+def test_every_gemm_configuration_matches_float64(index, device):
+    """M, N, K end in partial tiles (K not a multiple of BLOCK_K: the masked K loop), fp32, the
+    activations taking turns over the configurations; the first configuration also with every
+    activation in fp16 with K a multiple of BLOCK_K (the unmasked loop)."""
+    config = GEMM_CASES[index]
+    approximations = K.GELU_APPROXIMATIONS
+    cases = [(torch.float32, approximations[index % len(approximations)], 100)]
+    if index == 0:
+        cases += [(torch.float16, a, 2 * config.kwargs["BLOCK_K"]) for a in approximations]
     for dtype, approx, k in cases:
         x, w, b = _inputs((150, k), 300, dtype, device)
         out = torch.full((150, 300), float("nan"), dtype=dtype, device=device)
@@ -106,25 +116,26 @@ def test_every_gemm_configuration_matches_float64(config, device):
         y, pre = K.linear_gelu_fwd(x, w, b, approx, store_pre=True, out=out, pre_out=pre_out, config=config)
         pre64 = F.linear(x.double(), w.double(), b.double())
         _check(pre, pre64, dtype, F.linear(x, w, b), "pre-activation")
-        _check(y, reference.gelu(pre64, approx), dtype, F.gelu(F.linear(x, w, b), approximate=approx), "output")
+        _check(y, _activation(pre64, approx), dtype, _activation(F.linear(x, w, b), approx), "output")
 
 
 @skip_on_gpu
+@pytest.mark.parametrize("approx", ["tanh", "quick"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gpu_elementwise_configurations_match_float64(dtype, monkeypatch, device):
+def test_gpu_elementwise_configurations_match_float64(dtype, approx, monkeypatch, device):
     """The cuBLAS path's epilogue and the backward with the GPU's tiles (fp64: its own, narrower)
     and program count, forced in place of the interpreter's."""
     monkeypatch.setattr(C, "LINEAR_GELU_INTERPRET_EPILOGUE", C.linear_gelu_epilogue_config(dtype))
     monkeypatch.setattr(C, "LINEAR_GELU_INTERPRET_BWD", C.linear_gelu_bwd_config(dtype))
     x, w, b = _inputs((37, 24), 300, dtype, device)
-    y, pre = K.linear_gelu_fwd(x, w, b, "tanh", store_pre=True, gemm="cublas")
+    y, pre = K.linear_gelu_fwd(x, w, b, approx, store_pre=True, gemm="cublas")
     pre64 = F.linear(x.double(), w.double(), b.double())
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert rel_err(y, reference.gelu(pre64, "tanh")) <= tol
+    assert rel_err(y, _activation(pre64, approx)) <= tol
     dy = torch.randn(37, 300, device=device, dtype=dtype)
-    dpre, dbias = K.linear_gelu_bwd(dy, pre, "tanh", out=torch.full_like(dy, float("nan")))
+    dpre, dbias = K.linear_gelu_bwd(dy, pre, approx, out=torch.full_like(dy, float("nan")))
     p64 = pre.double().requires_grad_()
-    reference.gelu(p64, "tanh").backward(dy.double())
+    _activation(p64, approx).backward(dy.double())
     assert rel_err(dpre, p64.grad) <= tol and rel_err(dbias, p64.grad.sum(0)) <= tol
 
 

@@ -273,3 +273,38 @@ def test_backward_stride0_dy(device):
     assert rel_err(dpre, p64.grad) <= 1e-5 and rel_err(dbias, p64.grad.sum(0)) <= 1e-5
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# QuickGELU (x * sigmoid(1.702 x), CLIP's OpenAI weights), through the launchers
+# ----------------------------------------------------------------------------------------------
+
+def _quick_gelu(t):
+    return t * torch.sigmoid(1.702 * t)
+
+
+@pytest.mark.gpu_quick
+@pytest.mark.parametrize("gemm", ["triton", "cublas"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quick_gelu_forward_and_backward(dtype, gemm, device):
+    """Both forward paths' epilogue and the backward's derivative, 197 x 300 x 72 (no multiple
+    of any tile), every output poisoned first; pre-activations reach +-9, where the sigmoid
+    saturates."""
+    x, w, b = _inputs((197, 72), 300, dtype, device)
+    w = (w * 3).to(dtype)
+    out = torch.full((197, 300), float("nan"), dtype=dtype, device=device)
+    pre_out = torch.full_like(out, float("nan"))
+    y, pre = K.linear_gelu_fwd(x, w, b, "quick", store_pre=True, out=out, pre_out=pre_out, gemm=gemm)
+    pre64 = F.linear(x.double(), w.double(), b.double())
+    low = F.linear(x, w, b)
+    _check(pre, pre64, dtype, low, "pre-activation")
+    _check(y, _quick_gelu(pre64), dtype, _quick_gelu(low.float()).to(dtype), "output")
+
+    dy = torch.randn(197, 300, device=device).to(dtype)
+    dpre, dbias = K.linear_gelu_bwd(dy, pre, "quick", out=torch.full_like(dy, float("nan")))
+    p64 = pre.double().requires_grad_()
+    _quick_gelu(p64).backward(dy.double())
+    pl = pre.float().requires_grad_()
+    _quick_gelu(pl).backward(dy.float())
+    _check(dpre, p64.grad, dtype, pl.grad.to(dtype), "dpre")
+    _check(dbias, p64.grad.sum(0), dtype, pl.grad.sum(0).to(dtype), "dbias")
