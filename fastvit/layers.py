@@ -95,7 +95,11 @@ class LayerScale(nn.Module):
 
     def __init__(self, dim: int, init_values: float = 1e-5):
         super().__init__()
-        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+        self.init_values = float(init_values)
+        self.gamma = nn.Parameter(torch.full((dim,), self.init_values))
+
+    def init_weights(self) -> None:
+        nn.init.constant_(self.gamma, self.init_values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma

@@ -185,3 +185,24 @@ def test_overlay_leaves_register_tokens_out():
     torch.testing.assert_close(heat.flatten(), maps[-1, 0, :, 5:].mean(0).double())
     with pytest.raises(ValueError, match="prefix_tokens must be an int"):
         cls_heatmap(maps, prefix_tokens=11)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "vit_base_patch14_reg4_dinov2",
+                                  "vit_base_patch16_siglip_224", "vit_base_patch16_clip_224"])
+def test_init_weights_sets_every_parameter(monkeypatch, name):
+    """Modules are built on the meta device and given storage by to_empty: poison that storage, so
+    a parameter init_weights forgot would show as NaN."""
+    original = fastvit.FastViT.to_empty
+
+    def poisoned(self, *, device, recurse=True):
+        out = original(self, device=device, recurse=recurse)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.fill_(float("nan"))
+        return out
+    monkeypatch.setattr(fastvit.FastViT, "to_empty", poisoned)
+    model = fastvit.create_model(name, depth=1, img_size=28 if "14" in name else 32)
+    for key, p in model.named_parameters():
+        assert torch.isfinite(p).all(), key
+    if "dinov2" in name:
+        assert torch.equal(model.blocks[0].ls1.gamma, torch.full((768,), 1e-5))
