@@ -38,17 +38,17 @@ def _record_backends(monkeypatch):
 def test_block_runs_every_op_on_its_backend(monkeypatch, backend):
     seen = _record_backends(monkeypatch)
     blk = Block(64, 2, backend=backend)
-    x, pending = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
-    h, branch = blk(x, pending)
+    x, branch = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
+    h, pending = blk(x, layers.Pending(branch))
     assert {name for name, _ in seen} == {"qkv_attention", "add_layer_norm", "linear_gelu"}
     assert {b for _, b in seen} == {backend}
     # the folded form computes the block of the papers: out = y + mlp(norm2(y)), y = x' + attn(norm1(x'))
     ref = Block(64, 2, backend="eager")
     ref.load_state_dict(blk.state_dict())
-    xin = x + pending
+    xin = x + branch
     y = xin + ref.attn(nn.functional.layer_norm(xin, (64,), ref.norm1.weight, ref.norm1.bias, 1e-6))
     out = y + ref.mlp(nn.functional.layer_norm(y, (64,), ref.norm2.weight, ref.norm2.bias, 1e-6))
-    torch.testing.assert_close(h + branch, out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pending.add_to(h), out, rtol=1e-5, atol=1e-5)
 
 
 def test_auto_block_on_the_interpreter_is_all_triton(monkeypatch):
@@ -106,3 +106,12 @@ def test_explain_says_why(monkeypatch):
     assert explain("cuda:0") is None and resolve_backend("auto", "cuda:0") == "triton"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert explain("cpu") is None
+
+
+def test_ops_limits_agree_with_the_kernels():
+    """The ops layer validates against its own constants (importable without triton); they must
+    be the kernels' own limits."""
+    from fastvit.kernels import _configs, _gelu
+    from fastvit.ops import _checks
+    assert _checks.GELU_APPROXIMATIONS == _gelu.GELU_APPROXIMATIONS
+    assert _checks.MAX_LAYER_NORM_WIDTH == _configs.LAYER_NORM_MAX_WIDTH
