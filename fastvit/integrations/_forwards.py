@@ -21,7 +21,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..backend import resolve_backend
 
 
 @dataclass
@@ -88,22 +87,9 @@ def _add_ln(norm: nn.LayerNorm, x, branch, backend, scale=None):
 
 
 def _fc1_act(mlp, fc1: nn.Linear, act: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """act(fc1(x)) as one ``ops.linear_gelu``. QuickGELU on the triton backend runs fc1 and the
-    activation module as they are while the linear_gelu kernel has no QuickGELU epilogue (the op
-    raises for it there)."""
+    """act(fc1(x)) as one ``ops.linear_gelu`` (``act`` was matched to its ``approximate`` at patch time)."""
     st = _state(mlp)
-    approx = st.spec["approximate"]
-    if approx == "quick" and not _quick_in_kernel() and resolve_backend(st.backend, x.device, x.dtype) == "triton":
-        return act(fc1(x))
-    return ops.linear_gelu(x, fc1.weight, fc1.bias, approx, backend=st.backend)
-
-
-def _quick_in_kernel() -> bool:
-    try:
-        from ..kernels._gelu import GELU_APPROXIMATIONS
-    except ImportError:   # no triton here, or the kernel package's layout changed: be conservative
-        return False
-    return "quick" in GELU_APPROXIMATIONS
+    return ops.linear_gelu(x, fc1.weight, fc1.bias, st.spec["approximate"], backend=st.backend)
 
 
 def layer_norm_forward(self, x):
