@@ -5,8 +5,8 @@ Recognised (anywhere in the module tree, e.g. ``CLIPModel.vision_model`` or a wr
 
 - timm ``VisionTransformer``: its ``Block``s, ``Attention``s, ``Mlp``s and LayerNorms;
 - transformers vision models (``ViTModel``, ``DeiTModel``, ``Dinov2Model``,
-  ``Dinov2WithRegistersModel``, ``CLIPVisionModel``, ``SiglipVisionModel``, ``Siglip2VisionModel``
-  and their backbones): each encoder layer, its attention, its MLP and the model's LayerNorms;
+  ``Dinov2WithRegistersModel``, ``CLIPVisionModel``, ``SiglipVisionModel`` and DINOv2's
+  backbones): each encoder layer, its attention, its MLP and the model's LayerNorms;
 - open_clip's ``VisionTransformer`` (``model.visual``): each ``ResidualAttentionBlock``, its
   ``nn.MultiheadAttention``, its MLP and ``ln_pre`` / ``ln_post``.
 
@@ -38,12 +38,11 @@ HF_LAYERS = {
     "SiglipEncoderLayer": dict(norm1="layer_norm1", attn="self_attn", norm2="layer_norm2", mlp="mlp"),
 }
 HF_LAYERS["Dinov2WithRegistersLayer"] = HF_LAYERS["Dinov2Layer"]
-HF_LAYERS["Siglip2EncoderLayer"] = HF_LAYERS["SiglipEncoderLayer"]
 # transformers models whose encoder layers are vision layers (text towers reuse CLIPEncoderLayer
 # with a causal mask: they are left alone)
 HF_VISION_ROOTS = {"ViTModel", "DeiTModel", "Dinov2Model", "Dinov2Backbone", "Dinov2WithRegistersModel",
                    "Dinov2WithRegistersBackbone", "CLIPVisionModel", "CLIPVisionTransformer", "SiglipVisionModel",
-                   "SiglipVisionTransformer", "Siglip2VisionModel", "Siglip2VisionTransformer"}
+                   "SiglipVisionTransformer"}
 _LEFT_ALONE = {
     "Eva": "timm Eva (EVA-02, rotary ViTs): its attention applies rotary position embeddings inside, which "
            "fastvit.ops.attention does not take; left alone",
