@@ -16,12 +16,15 @@ Policies, the same for every family:
   fp32 (autocast's policy for layer_norm).
 - **float64**: runs the PyTorch path on every backend (``fastvit.backend``); the kernels
   compute in fp32.
-- **naming**: ``AttentionFunction``, ``QKVAttentionFunction``, ``LayerNormFunction``,
+- **naming**: ``AttentionFunction``, ``QKVAttentionFunction``, ``VarlenAttentionFunction``,
+  ``VarlenQKVAttentionFunction``, ``LayerNormFunction``,
   ``AddLayerNormFunction``, ``LinearGeluFunction``; custom ops ``fastvit::<op>_fwd`` and
   ``fastvit::<op>_bwd``.
 """
 from .attention import attention, cls_attention, qkv_attention
 from .layer_norm import add_layer_norm, layer_norm
 from .linear_gelu import linear_gelu
+from .varlen_attention import varlen_attention, varlen_qkv_attention
 
-__all__ = ["attention", "qkv_attention", "cls_attention", "layer_norm", "add_layer_norm", "linear_gelu"]
+__all__ = ["attention", "qkv_attention", "cls_attention", "layer_norm", "add_layer_norm", "linear_gelu",
+           "varlen_attention", "varlen_qkv_attention"]

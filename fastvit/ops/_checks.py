@@ -106,3 +106,44 @@ def autocast_inputs(*tensors):
         return tensors
     dtype = torch.get_autocast_dtype(device.type)
     return tuple(t.to(dtype) if t is not None and t.dtype != torch.float64 else t for t in tensors)
+
+
+def check_cu_seqlens(cu_seqlens, total: int, max_seqlen, device: torch.device, *, values: bool | None = None) -> None:
+    """Sequence boundaries of packed tokens: an int32 tensor (S+1,) on ``device`` with
+    0 = cu[0] < cu[1] < ... < cu[S] = total (every sequence at least one token: an empty one is
+    refused rather than silently skipped), and ``max_seqlen`` >= the longest sequence.
+
+    The values live on the tensor's device. They are checked when reading them costs no device
+    synchronisation (a CPU tensor, outside torch.compile / export tracing) or when ``values`` is
+    True (one device->host read: a debugging path). Unchecked values cannot make the Triton
+    kernels read or write out of bounds (they clamp every index); results are then undefined.
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype != torch.int32:
+        raise TypeError(f"cu_seqlens must have dtype int32, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must be 1-D of length S+1 >= 2 (S sequences), got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != torch.device(device):
+        raise ValueError(f"cu_seqlens must be on the device of q ({device}), got {cu_seqlens.device}")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, (int, torch.SymInt)) or max_seqlen < 1:
+        raise ValueError(f"max_seqlen must be a positive int, got {max_seqlen!r}")
+    if values is None:
+        values = cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling()
+    if not values:
+        return
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got cu_seqlens[0] = {cu[0]}")
+    lengths = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    for i, n in enumerate(lengths):
+        if n < 1:
+            what = "decreases" if n < 0 else "repeats a value (an empty sequence)"
+            raise ValueError(f"cu_seqlens must be strictly increasing (every sequence at least one token), but it "
+                             f"{what} at index {i + 1}: cu_seqlens[{i}] = {cu[i]}, cu_seqlens[{i + 1}] = {cu[i + 1]}")
+    if cu[-1] != total:
+        raise ValueError(f"cu_seqlens must end at the number of tokens T = {total}, got cu_seqlens[-1] = {cu[-1]}")
+    longest = max(lengths)
+    if longest > max_seqlen:
+        raise ValueError(f"max_seqlen must be at least the longest sequence ({longest} tokens, sequence "
+                         f"{lengths.index(longest)}), got {max_seqlen}")
