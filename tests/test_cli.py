@@ -231,10 +231,11 @@ def profile_run(tmp_path_factory):
     import contextlib
     import io
     out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["profile", "--model", TINY, "--resolutions", "32,64", "--backends", "eager,sdpa,triton",
                      "--out", str(out_dir), "--reps", "2", "--json"])
-    return code, out.getvalue(), err.getvalue(), out_dir
+    return code, out.getvalue(), err.getvalue(), out_dir, threads
 
 
 def _png_size(path):
@@ -244,7 +245,7 @@ def _png_size(path):
 
 
 def test_profile_writes_report(profile_run):
-    code, out, err, out_dir = profile_run
+    code, out, err, out_dir, threads_before = profile_run
     assert code == 0, err
     results = json.loads(out)
     assert json.loads((out_dir / "results.json").read_text())["plan"] == results["plan"]
@@ -270,6 +271,8 @@ def test_profile_writes_report(profile_run):
     assert all(r["reason"].startswith("needs CUDA") or r["reason"] == CPU_COMPILE_REASON
                for r in speed if not r["available"])
     assert results["failures"] == [] and not any("error" in r for r in speed + mem)
+    # timed on one thread (the CPU policy), and the threads of the process are as they were after
+    assert results["speed"]["threads"] == 1 and torch.get_num_threads() == threads_before
     assert any("CPU run" in n for n in results["plan"]["notes"])
     # the progress bar went to stderr
     assert "done in" in err and "memory inference eager 32px" in err

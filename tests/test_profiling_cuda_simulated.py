@@ -256,3 +256,15 @@ def test_environment_names_the_gpu(cuda, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 80GB")
     env = environment("cuda")
     assert env["device_name"] == "Fake GPU 80GB" and env["cuda"] == torch.version.cuda
+
+
+def test_cpu_plan_times_on_one_thread_unless_asked():
+    p = plan.make_plan("vit_base_patch16_224", device="cpu")
+    assert p.speed_threads == defaults.CPU_TIMING_THREADS == 1
+    assert any("timed on 1 torch thread" in n for n in p.notes)
+    p = plan.make_plan("vit_base_patch16_224", device="cpu", threads=2)
+    assert p.speed_threads == 2 and not any("torch thread" in n for n in p.notes)
+
+
+def test_cuda_plan_leaves_threads_alone(cuda):
+    assert plan.make_plan("vit_base_patch16_224", device="cuda").speed_threads is None

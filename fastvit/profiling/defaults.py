@@ -25,6 +25,11 @@ SUITE_TARGETS = (("cpu", "fp32"), ("cuda", "fp16"), ("cuda", "bf16"))
 # The triton backend's memory rows stop here on a CPU: the interpreter takes ~25 s per attention
 # call at 384 px and ~15 min at 1024 px on two cores.
 CPU_TRITON_MEMORY_MAX = 384
+# Torch threads for timing on a CPU (``fastvit profile``; --threads overrides). On a machine shared
+# with other work, torch's OpenMP workers spin against the other processes: on this project's
+# 2-core machine at a load of ~5, one LayerNorm of (1, 197, 768) took ~8 ms on 2 threads and
+# ~0.08 ms on one. One thread keeps the times, and so the ratios, meaningful there.
+CPU_TIMING_THREADS = 1
 # ``fastvit profile`` times torch.compile only for these ops on a CPU.
 CPU_COMPILE_OPS = ("attention", "layer_norm")
 CPU_COMPILE_REASON = ("CPU: inductor takes tens of seconds to minutes to compile this op here; time it with "

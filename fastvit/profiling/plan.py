@@ -30,6 +30,7 @@ class Plan:
     speed_backends: list
     compile_ops: list                 # ops whose torch.compile case is timed
     notes: list = field(default_factory=list)
+    speed_threads: int | None = None  # torch threads while timing (None: as they are)
     budget_s: float | None = None     # timing budget per (op, mode, resolution)
     reps: int | None = None           # timed rounds; None: from the budget
 
@@ -38,14 +39,15 @@ class Plan:
 
 
 def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=None, backends=None,
-              reps: int | None = None) -> Plan:
+              reps: int | None = None, threads: int | None = None) -> Plan:
     """What ``fastvit profile`` runs. On CUDA: memory at every resolution; speed of every op at
     the smallest and the largest, the whole model at the smallest only (at the largest it adds
     nothing a block does not show, and compiling it twice more costs minutes). On a CPU: the
     triton backend's memory only up to ``CPU_TRITON_MEMORY_MAX`` (Triton's interpreter), no
     triton timing (meaningless there), ``torch.compile`` timed only for ``CPU_COMPILE_OPS``, the
     whole model forward-only at the smallest resolution, forward + backward only at the
-    smallest resolution."""
+    smallest resolution, timed on ``CPU_TIMING_THREADS`` torch threads unless ``threads`` says
+    otherwise."""
     from .memory_model import MEMORY_BACKENDS
 
     device = torch.device(device if device is not None else defaults.default_device())
@@ -58,7 +60,7 @@ def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=N
     small, large = resolutions[0], resolutions[-1]
     mem_backends = [b for b in MEMORY_BACKENDS if b in backends]
     triton_mem = defaults.triton_memory_resolutions(resolutions, device)
-    notes = []
+    notes, speed_threads = [], threads
     if cuda:
         ops = [op for op in speed_cases.OPS if op != "model"]
         groups = [{"resolutions": sorted({small, large}), "modes": list(speed_cases.MODES), "ops": ops},
@@ -72,13 +74,15 @@ def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=N
         if large != small:
             groups.append({"resolutions": [large], "modes": ["fwd"], "ops": list(_CPU_SPEED_OPS)})
         compile_ops = list(CPU_COMPILE_OPS)
-        notes += _cpu_notes(small, large, backends, mem_backends, triton_mem)
+        speed_threads = threads or defaults.CPU_TIMING_THREADS
+        notes += _cpu_notes(small, large, backends, mem_backends, triton_mem, speed_threads, threads is not None)
     return Plan(model=model, device=str(device), dtype=speed_cases.dtype_name(dtype), resolutions=resolutions,
                 memory_backends=mem_backends, triton_memory_resolutions=triton_mem, speed_groups=groups,
-                speed_backends=backends, compile_ops=compile_ops, notes=notes, reps=reps)
+                speed_backends=backends, compile_ops=compile_ops, notes=notes, reps=reps,
+                speed_threads=speed_threads)
 
 
-def _cpu_notes(small, large, backends, mem_backends, triton_mem) -> list[str]:
+def _cpu_notes(small, large, backends, mem_backends, triton_mem, threads, asked) -> list[str]:
     parts = [f"forward and forward+backward at {small}px" + (f", forward only at {large}px" if large != small
                                                               else ""),
              f"the whole model forward-only at {small}px"]
@@ -92,6 +96,10 @@ def _cpu_notes(small, large, backends, mem_backends, triton_mem) -> list[str]:
     if "triton" in mem_backends:
         notes.append(f"CPU run: the triton backend's memory is measured in Triton's interpreter (exact tensor "
                      f"bytes, but slow) at {', '.join(map(str, triton_mem))}px only.")
+    if not asked:
+        notes.append(f"CPU run: timed on {threads} torch thread{'s' if threads > 1 else ''} (on a machine shared with "
+                     "other work, torch's worker threads spin against it and inflate times many-fold; "
+                     "--threads N times on N).")
     notes.append("CPU timings on a shared machine are noisy; the ratios are fairer than the times, as the "
                  "backends of each case are timed interleaved, round by round.")
     return notes

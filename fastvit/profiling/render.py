@@ -115,11 +115,12 @@ def _memory_md(results: dict) -> list[str]:
 
 def _speed_md(results: dict) -> list[str]:
     plan, s = results["plan"], results["speed"]
+    threads = f", {s['threads']} torch thread{'s' if s['threads'] != 1 else ''}" if s.get("threads") else ""
     out = ["## Speed (measured)", "",
-            f"Median time per call on {plan['device']} ({plan['dtype']}); speed-up = eager median / backend median, "
-            "the backends of each row group timed interleaved, round by round, in this run. `fwd` = forward under "
-            "no_grad, `fwdbwd` = forward + backward. TFLOP/s counts matrix-product FLOPs (backward = 2 x forward); "
-            "GB/s the minimum LayerNorm traffic.", ""]
+            f"Median time per call on {plan['device']} ({plan['dtype']}{threads}); speed-up = eager median / backend "
+            "median, the backends of each row group timed interleaved, round by round, in this run. `fwd` = forward "
+            "under no_grad, `fwdbwd` = forward + backward. TFLOP/s counts matrix-product FLOPs (backward = 2 x "
+            "forward); GB/s the minimum LayerNorm traffic.", ""]
     rows, skipped = [], []
     for r in s["rows"]:
         if not r.get("available", True):

@@ -101,14 +101,20 @@ def _speed_section(plan: Plan, progress, keep_going: bool) -> dict:
         return CPU_COMPILE_REASON if backend == "compile" and op not in plan.compile_ops else None
 
     rows = []
-    for g in plan.speed_groups:
-        rows.extend(speed.compare(g["ops"], g["resolutions"], plan.speed_backends, g["modes"], model=plan.model,
-                                  dtype=plan.dtype, device=plan.device, budget_s=plan.budget_s, reps=plan.reps,
-                                  skip=skip, progress=progress, keep_going=keep_going))
+    threads = torch.get_num_threads()
+    if plan.speed_threads:
+        torch.set_num_threads(plan.speed_threads)
+    try:
+        for g in plan.speed_groups:
+            rows.extend(speed.compare(g["ops"], g["resolutions"], plan.speed_backends, g["modes"], model=plan.model,
+                                      dtype=plan.dtype, device=plan.device, budget_s=plan.budget_s, reps=plan.reps,
+                                      skip=skip, progress=progress, keep_going=keep_going))
+    finally:
+        torch.set_num_threads(threads)
     order = {op: i for i, op in enumerate(speed.OPS)}
     rows.sort(key=lambda r: (order[r["op"]], speed.MODES.index(r["mode"]), r["img_size"]))
     return {"source": "measured", "speedup": "eager median / backend median, timed interleaved in the same run",
-            "rows": rows}
+            "threads": plan.speed_threads or threads, "rows": rows}
 
 
 def _roofline_section(plan: Plan) -> dict:
