@@ -90,3 +90,14 @@ def check_eps(eps) -> float:
 def rows_bucket(m: int) -> int:
     """Row counts enter the forward's autotune key rounded up to a power of two."""
     return triton.next_power_of_2(max(m, 1))
+
+
+def h_dtype_of(x: torch.Tensor, residual: torch.Tensor | None, scale: torch.Tensor | None = None) -> torch.dtype:
+    """The dtype of h = x + residual (or x + scale * residual): their promoted dtype, as the
+    unfused ``x + residual * scale`` gives under autocast (an fp32 layer scale with bf16
+    activations makes h fp32 there too)."""
+    dtype = x.dtype
+    for t in (residual, scale):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype

@@ -1,5 +1,6 @@
 """LayerNorm over the last dimension, optionally with the residual add folded in
-(h = x + residual; y = LayerNorm(h)): the forward kernel and its launchers here, the backward in
+(h = x + residual, or h = x + gamma * residual with a (N,) layer scale gamma; y = LayerNorm(h)):
+the forward kernel and its launchers here, the backward in
 ``kernels/layer_norm_bwd.py`` (re-exported below), shared launcher helpers in
 ``kernels/_layer_norm_common.py``.
 
@@ -21,11 +22,13 @@ from . import _configs as C
 from ._aot import aot_spec, tl_type
 from ._autotune import TunedKernel
 from ._checks import KERNEL_DTYPES
-from ._layer_norm_common import check, check_eps, check_out_dtype, check_x, new, poisoned_outputs, rows, rows_bucket
+from ._layer_norm_common import (check, check_eps, check_out_dtype, check_x, h_dtype_of, new, poisoned_outputs, rows,
+                                 rows_bucket)
 from .layer_norm_bwd import aot_specs as _bwd_aot_specs
-from .layer_norm_bwd import layer_norm_bwd
+from .layer_norm_bwd import add_layer_norm_bwd, layer_norm_bwd
 
-__all__ = ["layer_norm_fwd", "add_layer_norm_fwd", "layer_norm_bwd", "aot_specs", "poisoned_outputs"]
+__all__ = ["layer_norm_fwd", "add_layer_norm_fwd", "layer_norm_bwd", "add_layer_norm_bwd", "aot_specs",
+           "poisoned_outputs"]
 
 SUPPORTED_DTYPES = KERNEL_DTYPES
 
@@ -33,12 +36,12 @@ SUPPORTED_DTYPES = KERNEL_DTYPES
 # Row counts vary with the batch: not specialised on, so a new batch size compiles nothing.
 @triton.jit(do_not_specialize=["n_rows", "rows_bucket"])
 def _layer_norm_fwd(
-    X, R, H, Y, W, B, Mean, Rstd,
+    X, R, G, H, Y, W, B, Mean, Rstd,
     stride_xm, stride_rm, stride_hm, stride_ym,
     n_rows, n_cols, eps,
     rows_bucket,  # unused by the kernel: only the autotune key, so a new batch size does not re-tune
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -52,6 +55,10 @@ def _layer_norm_fwd(
     x = tl.load(X + rows[:, None] * stride_xm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         r = tl.load(R + rows[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            # Layer scale: gamma * residual in fp32 here, instead of a separate multiply that
+            # writes and re-reads a scaled copy of the residual.
+            r = r * tl.load(G + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         # Round h to its storage dtype before normalising it, so y is exactly LayerNorm of the h
         # we return (as the unfused x + residual followed by layer_norm would give).
         h = (x + r).to(H.dtype.element_ty)
@@ -83,16 +90,17 @@ _layer_norm_fwd_tuned = TunedKernel(_layer_norm_fwd, configs=C.layer_norm_fwd_au
                                     interpret_config=C.layer_norm_interpret_fwd_config)
 
 
-def _fwd(x, residual, weight, bias, eps, out_dtype):
+def _fwd(x, residual, weight, bias, eps, out_dtype, scale=None):
     n = check_x(x)
     check(residual, "residual", like=x)
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
     check(weight, "weight", like=x, width=n)
     check(bias, "bias", like=x, width=n)
+    check(scale, "residual_scale", like=x, width=n)
     eps = check_eps(eps)
 
-    h_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    h_dtype = h_dtype_of(x, residual, scale)
     y_dtype = h_dtype if out_dtype is None else out_dtype
     check_out_dtype(y_dtype, "out_dtype")
 
@@ -100,6 +108,7 @@ def _fwd(x, residual, weight, bias, eps, out_dtype):
     # as contiguous vectors.
     weight = None if weight is None else weight.contiguous()
     bias = None if bias is None else bias.contiguous()
+    scale = None if scale is None else scale.contiguous()
     lead = x.shape[:-1]
     x2 = rows(x)                                        # (M, N)
     r2 = None if residual is None else rows(residual)   # (M, N)
@@ -111,10 +120,10 @@ def _fwd(x, residual, weight, bias, eps, out_dtype):
     rstd = new(lead, torch.float32, x.device)           # (...)
     if m > 0:
         _layer_norm_fwd_tuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)](
-            x2, r2, None if h is None else h.view(m, n), y.view(m, n), weight, bias, mean, rstd,
+            x2, r2, scale, None if h is None else h.view(m, n), y.view(m, n), weight, bias, mean, rstd,
             x2.stride(0), 0 if r2 is None else r2.stride(0), n, n,
             m, n, eps, rows_bucket(m),
-            BLOCK_N=C.layer_norm_block_n(n), HAS_RESIDUAL=residual is not None,
+            BLOCK_N=C.layer_norm_block_n(n), HAS_RESIDUAL=residual is not None, HAS_SCALE=scale is not None,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         )
     return y, h, mean, rstd
@@ -140,12 +149,14 @@ def add_layer_norm_fwd(
     bias: torch.Tensor | None,     # (N,)
     eps: float,
     out_dtype: torch.dtype | None = None,  # dtype of y; default the dtype of h
+    residual_scale: torch.Tensor | None = None,  # (N,) layer scale gamma, or None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """h = x + residual (in the promoted dtype of the two), y = LayerNorm(h), in one pass.
-    Returns (h, y, mean, rstd); mean and rstd are fp32 statistics of h."""
+    """h = x + residual (x + residual_scale * residual, the product in fp32), y = LayerNorm(h),
+    in one pass; h in the promoted dtype of its operands (``h_dtype_of``). Returns
+    (h, y, mean, rstd); mean and rstd are fp32 statistics of h."""
     if residual is None:
-        raise ValueError("residual must be a tensor for add_layer_norm_fwd")
-    y, h, mean, rstd = _fwd(x, residual, weight, bias, eps, out_dtype)
+        raise ValueError("residual must be a tensor for add_layer_norm_fwd, got None")
+    y, h, mean, rstd = _fwd(x, residual, weight, bias, eps, out_dtype, residual_scale)
     return h, y, mean, rstd
 
 
@@ -153,29 +164,31 @@ def aot_specs(dtypes=SUPPORTED_DTYPES, block_ns=None, alignments=(True, False)) 
     """One spec per (kernel, configuration the launchers may pick, dtype, variant).
 
     Forward: every BLOCK_N bucket x every autotune config left by the width-dependent pruning
-    x {plain, residual}; the backward's specs (``layer_norm_bwd.aot_specs``) follow. Each x
-    {width divisible by 16, not}: torch allocations are 16-byte aligned and Triton specialises
-    on ints divisible by 16 (widths of 192 ... 1280 and the row strides of such rows); the
-    "unaligned" specs (a width of 1000) assume that of the pointers only. Weight and bias are
-    present (the most registers); the weight dtype is the activation dtype (autocast's fp32
-    weights and output are the fp32 case's loads and stores).
+    x {plain, residual (``_res``), residual with layer scale (``_res_scale``)}; the backward's
+    specs (``layer_norm_bwd.aot_specs``) follow. Each x {width divisible by 16, not}: torch
+    allocations are 16-byte aligned and Triton specialises on ints divisible by 16 (widths of
+    192 ... 1280 and the row strides of such rows); the "unaligned" specs (a width of 1000)
+    assume that of the pointers only. Weight and bias are present (the most registers); the
+    weight dtype is the activation dtype (autocast's fp32 weights and output are the fp32
+    case's loads and stores).
     """
     block_ns = C.layer_norm_block_ns() if block_ns is None else list(block_ns)
+    variants = {"": (False, False), "_res": (True, False), "_res_scale": (True, True)}
     specs = []
     for dtype in dtypes:
         for aligned in alignments:
             tag = "" if aligned else "_unaligned"
             for block_n in block_ns:
-                for residual in (False, True):
+                for suffix, (residual, scale) in variants.items():
                     ints = ["n_cols", "stride_xm", "stride_ym"] + (["stride_rm", "stride_hm"] if residual else [])
                     for block_m, num_warps in C.layer_norm_fwd_configs_for(block_n):
                         specs.append(aot_spec(
-                            f"_layer_norm_fwd_{tl_type(dtype)}_n{block_n}_m{block_m}_w{num_warps}"
-                            f"{'_res' if residual else ''}{tag}", _layer_norm_fwd,
-                            pointers={"X": dtype, "R": dtype if residual else None, "H": dtype if residual else None,
-                                      "Y": dtype, "W": dtype, "B": dtype, "Mean": torch.float32,
-                                      "Rstd": torch.float32},
+                            f"_layer_norm_fwd_{tl_type(dtype)}_n{block_n}_m{block_m}_w{num_warps}{suffix}{tag}",
+                            _layer_norm_fwd,
+                            pointers={"X": dtype, "R": dtype if residual else None, "G": dtype if scale else None,
+                                      "H": dtype if residual else None, "Y": dtype, "W": dtype, "B": dtype,
+                                      "Mean": torch.float32, "Rstd": torch.float32},
                             constexprs={"BLOCK_M": block_m, "BLOCK_N": block_n, "HAS_RESIDUAL": residual,
-                                        "HAS_WEIGHT": True, "HAS_BIAS": True},
+                                        "HAS_SCALE": scale, "HAS_WEIGHT": True, "HAS_BIAS": True},
                             floats=("eps",), aligned=ints if aligned else (), num_warps=num_warps, mma=False))
     return specs + _bwd_aot_specs(dtypes, block_ns, alignments)

@@ -1,4 +1,4 @@
-"""Backward of the LayerNorm (``kernels/layer_norm.py``): kernels and launcher.
+"""Backward of the LayerNorm (``kernels/layer_norm.py``): kernels and launchers.
 
 Two passes and no atomics, so two runs give the same bits:
   1. ``_layer_norm_bwd``: each program owns a contiguous range of rows, writes dx for them and
@@ -7,6 +7,11 @@ Two passes and no atomics, so two runs give the same bits:
      ``_layer_norm_bwd_wide`` instead, which walks each row in chunks and keeps the partial
      sums in its own row of that buffer (registers cannot hold them without spilling).
   2. ``_layer_norm_bwd_dwdb``: sums the partial rows in a fixed order into dweight and dbias.
+
+With a layer scale (h = x + gamma * residual, ``add_layer_norm_bwd``) the same two launches do
+the rest: pass 1, which has the gradient of h (dh_total) in registers anyway, also writes
+dresidual = gamma * dh_total and accumulates sum(residual * dh_total) into a third partial
+buffer; pass 2 sums that into dgamma. dx = dh_total is stored in x's dtype directly.
 
 The configurations are fixed per width bucket (``kernels/_configs.py``), never autotuned: the
 order of the sums, hence their bits, must not depend on a timing.
@@ -22,16 +27,16 @@ from . import _configs as C
 from ._aot import aot_spec, tl_type
 from ._layer_norm_common import check, check_out_dtype, check_x, new, rows
 
-__all__ = ["layer_norm_bwd", "aot_specs"]
+__all__ = ["layer_norm_bwd", "add_layer_norm_bwd", "aot_specs"]
 
 
 @triton.jit(do_not_specialize=["n_rows", "rows_per_program"])
 def _layer_norm_bwd(
-    DY, X, W, Mean, Rstd, DH, DX, DW_partial, DB_partial,
-    stride_dym, stride_xm, stride_dhm, stride_dxm,
+    DY, X, W, Mean, Rstd, DH, R, G, DX, DR, DW_partial, DB_partial, DG_partial,
+    stride_dym, stride_xm, stride_dhm, stride_rm, stride_dxm,
     n_rows, n_cols, rows_per_program,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DH: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DH: tl.constexpr, HAS_SCALE: tl.constexpr,
 ):
     """Rows up to 4096 wide: BLOCK_M whole rows at a time in registers, partials in registers."""
     pid = tl.program_id(0)
@@ -42,10 +47,13 @@ def _layer_norm_bwd(
 
     if HAS_WEIGHT:
         w = tl.load(W + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        g = tl.load(G + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     # Partials stay 2-D across the row loop and are reduced over rows once at the end: one
     # cross-warp reduction per program instead of one per row tile.
     acc_dw = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_db = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_dg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     for m0 in range(row_start, row_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -71,6 +79,13 @@ def _layer_norm_bwd(
             # add_layer_norm: h also feeds the residual stream, so its gradient joins here.
             dx += tl.load(DH + rows[:, None] * stride_dhm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + rows[:, None] * stride_dxm + offs_n[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        if HAS_SCALE:
+            # h = x + gamma * r: dr = gamma * dh, dgamma = sum over rows of r * dh (fp32 dh,
+            # not its rounded copy). DR is allocated like DX: same row stride.
+            r = tl.load(R + rows[:, None] * stride_rm + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+            tl.store(DR + rows[:, None] * stride_dxm + offs_n[None, :], (dx * g[None, :]).to(DR.dtype.element_ty),
+                     mask=mask)
+            acc_dg += r * dx
 
         if HAS_WEIGHT:
             acc_dw += dy * xhat
@@ -84,15 +99,17 @@ def _layer_norm_bwd(
         tl.store(DW_partial + partial, tl.sum(acc_dw, axis=0), mask=mask_n)
     if HAS_BIAS:
         tl.store(DB_partial + partial, tl.sum(acc_db, axis=0), mask=mask_n)
+    if HAS_SCALE:
+        tl.store(DG_partial + partial, tl.sum(acc_dg, axis=0), mask=mask_n)
 
 
 @triton.jit(do_not_specialize=["n_rows", "rows_per_program"])
 def _layer_norm_bwd_wide(
-    DY, X, W, Mean, Rstd, DH, DX, DW_partial, DB_partial,
-    stride_dym, stride_xm, stride_dhm, stride_dxm,
+    DY, X, W, Mean, Rstd, DH, R, G, DX, DR, DW_partial, DB_partial, DG_partial,
+    stride_dym, stride_xm, stride_dhm, stride_rm, stride_dxm,
     n_rows, n_cols, rows_per_program,
     BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DH: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DH: tl.constexpr, HAS_SCALE: tl.constexpr,
 ):
     """Rows wider than 4096: a whole row of dy and xhat plus two full-width accumulators does not
     fit in registers, so each row is walked in BLOCK_N chunks twice (the sums c1, c2, then dx;
@@ -111,6 +128,8 @@ def _layer_norm_bwd_wide(
             tl.store(DW_partial + partial_row + offs_n, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=mask_n)
         if HAS_BIAS:
             tl.store(DB_partial + partial_row + offs_n, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=mask_n)
+        if HAS_SCALE:
+            tl.store(DG_partial + partial_row + offs_n, tl.zeros((BLOCK_N,), dtype=tl.float32), mask=mask_n)
 
     for i in range(0, row_end - row_start):
         row64 = row_start.to(tl.int64) + i
@@ -145,6 +164,12 @@ def _layer_norm_bwd_wide(
             if HAS_DH:
                 dx += tl.load(DH + row64 * stride_dhm + offs_n, mask=mask_n, other=0.0).to(tl.float32)
             tl.store(DX + row64 * stride_dxm + offs_n, dx.to(DX.dtype.element_ty), mask=mask_n)
+            if HAS_SCALE:
+                r = tl.load(R + row64 * stride_rm + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+                g = tl.load(G + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+                tl.store(DR + row64 * stride_dxm + offs_n, (dx * g).to(DR.dtype.element_ty), mask=mask_n)
+                acc = tl.load(DG_partial + partial_row + offs_n, mask=mask_n, other=0.0)
+                tl.store(DG_partial + partial_row + offs_n, acc + r * dx, mask=mask_n)
             # Same pointer tensor, same layout as the zeroing above: each thread updates only
             # the elements it wrote itself, so program order makes the update safe.
             if HAS_WEIGHT:
@@ -160,10 +185,10 @@ def _layer_norm_bwd_wide(
 
 @triton.jit(do_not_specialize=["n_partials"])
 def _layer_norm_bwd_dwdb(
-    DW_partial, DB_partial, DW, DB,
+    DW_partial, DB_partial, DG_partial, DW, DB, DG,
     n_partials, n_cols,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
 ):
     # Column blocks are independent; within one, partial rows are summed in a fixed order.
     pid = tl.program_id(0)
@@ -171,6 +196,7 @@ def _layer_norm_bwd_dwdb(
     mask_n = offs_n < n_cols
     acc_dw = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     acc_db = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    acc_dg = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for p0 in range(0, n_partials, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask = (offs_p < n_partials)[:, None] & mask_n[None, :]
@@ -179,10 +205,14 @@ def _layer_norm_bwd_dwdb(
             acc_dw += tl.load(DW_partial + offs, mask=mask, other=0.0)
         if HAS_BIAS:
             acc_db += tl.load(DB_partial + offs, mask=mask, other=0.0)
+        if HAS_SCALE:
+            acc_dg += tl.load(DG_partial + offs, mask=mask, other=0.0)
     if HAS_WEIGHT:
         tl.store(DW + offs_n, tl.sum(acc_dw, axis=0).to(DW.dtype.element_ty), mask=mask_n)
     if HAS_BIAS:
         tl.store(DB + offs_n, tl.sum(acc_db, axis=0).to(DB.dtype.element_ty), mask=mask_n)
+    if HAS_SCALE:
+        tl.store(DG + offs_n, tl.sum(acc_dg, axis=0).to(DG.dtype.element_ty), mask=mask_n)
 
 
 def _bwd_programs(m: int, block_m: int, programs_per_sm: int, device: torch.device) -> tuple[int, int]:
@@ -196,6 +226,72 @@ def _bwd_programs(m: int, block_m: int, programs_per_sm: int, device: torch.devi
     programs = max(1, min(tiles, cap))
     rows_per_program = triton.cdiv(tiles, programs) * block_m
     return triton.cdiv(m, rows_per_program), rows_per_program
+
+
+def _bwd(dy, x, weight, mean, rstd, dh, bias_dtype, residual=None, scale=None, dx_dtype=None):
+    """The one launcher body: (dx, dweight, dbias, dresidual, dscale), None where not asked for."""
+    n = check_x(x)
+    check(dy, "dy", like=x)
+    check(dh, "dh", like=x)
+    check(residual, "residual", like=x)
+    check(weight, "weight", like=x, width=n)
+    check(scale, "residual_scale", like=x, width=n)
+    for name, t in (("dy", dy), ("dh", dh), ("residual", residual)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
+    for name, t in (("mean", mean), ("rstd", rstd)):
+        if t.dtype != torch.float32 or t.shape != x.shape[:-1]:
+            raise ValueError(f"{name} must be float32 of shape {tuple(x.shape[:-1])}, got {t.dtype} {tuple(t.shape)}")
+    for name, dt in (("bias_dtype", bias_dtype), ("dx_dtype", dx_dtype)):
+        if dt is not None:
+            check_out_dtype(dt, name)
+
+    weight = None if weight is None else weight.contiguous()
+    scale = None if scale is None else scale.contiguous()
+    x2 = rows(x)                                         # (M, N)
+    dy2 = rows(dy)                                       # (M, N)
+    dh2 = None if dh is None else rows(dh)               # (M, N)
+    r2 = None if residual is None else rows(residual)    # (M, N)
+    mean1 = mean.reshape(-1).contiguous()                # (M,)
+    rstd1 = rstd.reshape(-1).contiguous()                # (M,)
+    m = x2.shape[0]
+    has_w, has_b, has_g = weight is not None, bias_dtype is not None, scale is not None
+    dx = new(x.shape, dx_dtype or x.dtype, x.device)     # (..., N) contiguous
+    dr = new(x.shape, residual.dtype, x.device) if has_g else None  # (..., N) contiguous, like dx
+    dw = new((n,), weight.dtype, x.device) if has_w else None  # (N,)
+    db = new((n,), bias_dtype, x.device) if has_b else None     # (N,)
+    dg = new((n,), scale.dtype, x.device) if has_g else None    # (N,)
+
+    on_gpu = _autotune.on_gpu()
+    cfg = (C.layer_norm_bwd_config if on_gpu else C.layer_norm_interpret_bwd_config)(C.layer_norm_block_n(n))
+    programs, rows_per_program = _bwd_programs(m, cfg.block_m, cfg.programs_per_sm, x.device) if m > 0 else (0, 0)
+    # (P, N) fp32 partial sums, one row per program of the grid.
+    dw_partial, db_partial, dg_partial = (new((programs, n), torch.float32, x.device) if has else None
+                                          for has in (has_w, has_b, has_g))
+    if m > 0:
+        args = (dy2, x2, weight, mean1, rstd1, dh2, r2, scale, dx.view(m, n), None if dr is None else dr.view(m, n),
+                dw_partial, db_partial, dg_partial,
+                dy2.stride(0), x2.stride(0), 0 if dh2 is None else dh2.stride(0), 0 if r2 is None else r2.stride(0),
+                n, m, n, rows_per_program)
+        flags = dict(BLOCK_N=cfg.block_n, HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_DH=dh is not None, HAS_SCALE=has_g,
+                     num_warps=cfg.num_warps, num_stages=1)
+        if cfg.wide:
+            _layer_norm_bwd_wide[(programs,)](*args, **flags)
+        else:
+            _layer_norm_bwd[(programs,)](*args, BLOCK_M=cfg.block_m, **flags)
+    if has_w or has_b or has_g:
+        if programs == 0:  # no rows: the sums are empty
+            for t in (dw, db, dg):
+                if t is not None:
+                    t.zero_()
+        else:
+            block_p, block_n2, warps2 = (C.layer_norm_dwdb_config if on_gpu else C.layer_norm_interpret_dwdb_config)(n)
+            _layer_norm_bwd_dwdb[(triton.cdiv(n, block_n2),)](
+                dw_partial, db_partial, dg_partial, dw, db, dg, programs, n,
+                BLOCK_P=block_p, BLOCK_N=block_n2, HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_SCALE=has_g,
+                num_warps=warps2, num_stages=1,
+            )
+    return dx, dw, db, dr, dg
 
 
 def layer_norm_bwd(
@@ -212,81 +308,58 @@ def layer_norm_bwd(
 
     With ``dh``, dx is the gradient of h: dh + the LayerNorm backward of dy.
     """
-    n = check_x(x)
-    check(dy, "dy", like=x)
-    check(dh, "dh", like=x)
-    check(weight, "weight", like=x, width=n)
-    for name, t in (("dy", dy), ("dh", dh)):
-        if t is not None and t.shape != x.shape:
-            raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}, got {tuple(t.shape)}")
-    for name, t in (("mean", mean), ("rstd", rstd)):
-        if t.dtype != torch.float32 or t.shape != x.shape[:-1]:
-            raise ValueError(f"{name} must be float32 of shape {tuple(x.shape[:-1])}, got {t.dtype} {tuple(t.shape)}")
-    if bias_dtype is not None:
-        check_out_dtype(bias_dtype, "bias_dtype")
-
-    weight = None if weight is None else weight.contiguous()
-    x2 = rows(x)                                         # (M, N)
-    dy2 = rows(dy)                                       # (M, N)
-    dh2 = None if dh is None else rows(dh)               # (M, N)
-    mean1 = mean.reshape(-1).contiguous()                # (M,)
-    rstd1 = rstd.reshape(-1).contiguous()                # (M,)
-    m = x2.shape[0]
-    has_w, has_b = weight is not None, bias_dtype is not None
-    dx = new(x.shape, x.dtype, x.device)                 # (..., N) contiguous
-    dw = new((n,), weight.dtype, x.device) if has_w else None  # (N,)
-    db = new((n,), bias_dtype, x.device) if has_b else None     # (N,)
-
-    on_gpu = _autotune.on_gpu()
-    cfg = (C.layer_norm_bwd_config if on_gpu else C.layer_norm_interpret_bwd_config)(C.layer_norm_block_n(n))
-    programs, rows_per_program = _bwd_programs(m, cfg.block_m, cfg.programs_per_sm, x.device) if m > 0 else (0, 0)
-    dw_partial = new((programs, n), torch.float32, x.device) if has_w else None  # (P, N)
-    db_partial = new((programs, n), torch.float32, x.device) if has_b else None  # (P, N)
-    if m > 0:
-        args = (dy2, x2, weight, mean1, rstd1, dh2, dx.view(m, n), dw_partial, db_partial,
-                dy2.stride(0), x2.stride(0), 0 if dh2 is None else dh2.stride(0), n,
-                m, n, rows_per_program)
-        flags = dict(BLOCK_N=cfg.block_n, HAS_WEIGHT=has_w, HAS_BIAS=has_b, HAS_DH=dh is not None,
-                     num_warps=cfg.num_warps, num_stages=1)
-        if cfg.wide:
-            _layer_norm_bwd_wide[(programs,)](*args, **flags)
-        else:
-            _layer_norm_bwd[(programs,)](*args, BLOCK_M=cfg.block_m, **flags)
-    if has_w or has_b:
-        if programs == 0:  # no rows: the sums are empty
-            if has_w:
-                dw.zero_()
-            if has_b:
-                db.zero_()
-        else:
-            block_p, block_n2, warps2 = (C.layer_norm_dwdb_config if on_gpu else C.layer_norm_interpret_dwdb_config)(n)
-            _layer_norm_bwd_dwdb[(triton.cdiv(n, block_n2),)](
-                dw_partial, db_partial, dw, db, programs, n,
-                BLOCK_P=block_p, BLOCK_N=block_n2, HAS_WEIGHT=has_w, HAS_BIAS=has_b,
-                num_warps=warps2, num_stages=1,
-            )
+    dx, dw, db, _, _ = _bwd(dy, x, weight, mean, rstd, dh, bias_dtype)
     return dx, dw, db
 
 
+def add_layer_norm_bwd(
+    dy: torch.Tensor,              # (..., N) gradient of y
+    h: torch.Tensor,               # (..., N) h = x + residual_scale * residual, saved by forward
+    weight: torch.Tensor | None,   # (N,)
+    mean: torch.Tensor,            # (...) fp32 from forward
+    rstd: torch.Tensor,            # (...) fp32 from forward
+    dh: torch.Tensor | None,       # (..., N) gradient of h, or None
+    residual: torch.Tensor,        # (..., N) the forward's residual input
+    residual_scale: torch.Tensor,  # (N,) the layer scale gamma
+    *,
+    bias_dtype: torch.dtype | None = None,  # dtype of dbias; None: no dbias
+    x_dtype: torch.dtype | None = None,     # dtype of dx; default h.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Backward of add_layer_norm with a layer scale, in the launches of the plain backward.
+    With dh_total = dh + the LayerNorm backward of dy, returns (dx = dh_total in ``x_dtype``,
+    dresidual = gamma * dh_total in residual.dtype, dweight or None, dbias or None,
+    dgamma = sum over rows of residual * dh_total in gamma's dtype)."""
+    if residual is None or residual_scale is None:
+        raise ValueError("add_layer_norm_bwd needs residual and residual_scale tensors, got "
+                         f"{type(residual).__name__} and {type(residual_scale).__name__}")
+    dx, dw, db, dr, dg = _bwd(dy, h, weight, mean, rstd, dh, bias_dtype, residual, residual_scale, x_dtype)
+    return dx, dr, dw, db, dg
+
+
 def aot_specs(dtypes, block_ns, alignments) -> list:
-    """Every bucket's backward config x {plain, with dh}, and the dweight/dbias reduction's, per
-    dtype and alignment (see ``layer_norm.aot_specs``)."""
+    """Every bucket's backward config x {plain, with dh (``_res``), with a layer scale without /
+    with dh (``_scale``, ``_res_scale``)}, and the dweight/dbias(/dgamma) reduction's, per dtype
+    and alignment (see ``layer_norm.aot_specs``)."""
+    variants = {"": (False, False), "_res": (True, False), "_scale": (False, True), "_res_scale": (True, True)}
     specs = []
     for dtype in dtypes:
         t = tl_type(dtype)
         for aligned in alignments:
             tag = "" if aligned else "_unaligned"
             for block_n in block_ns:
-                for residual in (False, True):
-                    res = "_res" if residual else ""
+                for res, (has_dh, scale) in variants.items():
                     cfg = C.layer_norm_bwd_config(block_n)
-                    ints = ["n_cols", "stride_dym", "stride_xm", "stride_dxm"] + (["stride_dhm"] if residual else [])
+                    ints = (["n_cols", "stride_dym", "stride_xm", "stride_dxm"] + (["stride_dhm"] if has_dh else [])
+                            + (["stride_rm"] if scale else []))
                     common = dict(
                         pointers={"DY": dtype, "X": dtype, "W": dtype, "Mean": torch.float32, "Rstd": torch.float32,
-                                  "DH": dtype if residual else None, "DX": dtype, "DW_partial": torch.float32,
-                                  "DB_partial": torch.float32},
+                                  "DH": dtype if has_dh else None, "R": dtype if scale else None,
+                                  "G": dtype if scale else None, "DX": dtype, "DR": dtype if scale else None,
+                                  "DW_partial": torch.float32, "DB_partial": torch.float32,
+                                  "DG_partial": torch.float32 if scale else None},
                         aligned=ints if aligned else (), num_warps=cfg.num_warps, mma=False)
-                    flags = {"BLOCK_N": cfg.block_n, "HAS_WEIGHT": True, "HAS_BIAS": True, "HAS_DH": residual}
+                    flags = {"BLOCK_N": cfg.block_n, "HAS_WEIGHT": True, "HAS_BIAS": True, "HAS_DH": has_dh,
+                             "HAS_SCALE": scale}
                     if cfg.wide:
                         specs.append(aot_spec(
                             f"_layer_norm_bwd_wide_{t}_n{block_n}_chunk{cfg.block_n}_w{cfg.num_warps}{res}{tag}",
@@ -296,9 +369,13 @@ def aot_specs(dtypes, block_ns, alignments) -> list:
                             f"_layer_norm_bwd_{t}_n{block_n}_m{cfg.block_m}_w{cfg.num_warps}{res}{tag}",
                             _layer_norm_bwd, constexprs={**flags, "BLOCK_M": cfg.block_m}, **common))
             for block_p, block_n2, num_warps in sorted({C.layer_norm_dwdb_config(b) for b in block_ns}):
-                specs.append(aot_spec(
-                    f"_layer_norm_bwd_dwdb_{t}_p{block_p}_n{block_n2}_w{num_warps}{tag}", _layer_norm_bwd_dwdb,
-                    pointers={"DW_partial": torch.float32, "DB_partial": torch.float32, "DW": dtype, "DB": dtype},
-                    constexprs={"BLOCK_P": block_p, "BLOCK_N": block_n2, "HAS_WEIGHT": True, "HAS_BIAS": True},
-                    aligned=["n_cols"] if aligned else (), num_warps=num_warps, mma=False))
+                for res, scale in (("", False), ("_scale", True)):
+                    specs.append(aot_spec(
+                        f"_layer_norm_bwd_dwdb_{t}_p{block_p}_n{block_n2}_w{num_warps}{res}{tag}", _layer_norm_bwd_dwdb,
+                        pointers={"DW_partial": torch.float32, "DB_partial": torch.float32,
+                                  "DG_partial": torch.float32 if scale else None, "DW": dtype, "DB": dtype,
+                                  "DG": dtype if scale else None},
+                        constexprs={"BLOCK_P": block_p, "BLOCK_N": block_n2, "HAS_WEIGHT": True, "HAS_BIAS": True,
+                                    "HAS_SCALE": scale},
+                        aligned=["n_cols"] if aligned else (), num_warps=num_warps, mma=False))
     return specs

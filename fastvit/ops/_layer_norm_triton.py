@@ -5,8 +5,13 @@
 Autocast (the ops-wide policy, ``fastvit.ops``): autocast runs layer_norm in fp32 and returns
 fp32. We do the same on every device without copying anything: the kernels read fp16/bf16
 activations and fp32 parameters as they are, compute in fp32 anyway, and only the output dtype
-changes. ``h`` of ``add_layer_norm`` is ``x + residual`` in their promoted dtype, as the unfused
-add gives under autocast.
+changes. ``h`` of ``add_layer_norm`` is ``x + residual`` (``x + residual_scale * residual``) in
+the promoted dtype of its operands, as the unfused add gives under autocast.
+
+Layer scale (``residual_scale``, timm's gamma) rides in the same kernels: the forward's add
+and, in the backward, the kernel that writes the gradient of h also writes gamma * that
+gradient for the residual and the fp32 partial sums of dgamma, which the dweight/dbias
+reduction sums. Without it, nothing changes (same ops, same launches, the residual not saved).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..kernels import layer_norm as _k
+from ..kernels._layer_norm_common import h_dtype_of
 from ._checks import autocasting
 
 
@@ -39,14 +45,15 @@ def _(x, weight, bias, eps, out_dtype):
 
 @torch.library.custom_op("fastvit::add_layer_norm_fwd", mutates_args=())
 def add_layer_norm_fwd(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                       eps: float, out_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(h, y, mean, rstd) with h = x + residual and y = LayerNorm(h)."""
-    return _k.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype)
+                       eps: float, out_dtype: Optional[torch.dtype],
+                       residual_scale: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(h, y, mean, rstd) with h = x + residual (x + residual_scale * residual) and y = LayerNorm(h)."""
+    return _k.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype, residual_scale)
 
 
 @add_layer_norm_fwd.register_fake
-def _(x, residual, weight, bias, eps, out_dtype):
-    h_dtype = torch.promote_types(x.dtype, residual.dtype)
+def _(x, residual, weight, bias, eps, out_dtype, residual_scale=None):
+    h_dtype = h_dtype_of(x, residual, residual_scale)
     stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
     return (x.new_empty(x.shape, dtype=h_dtype), x.new_empty(x.shape, dtype=out_dtype or h_dtype),
             stats, torch.empty_like(stats))
@@ -74,6 +81,27 @@ def _(dy, x, weight, mean, rstd, dh, bias_dtype):
     return x.new_empty(x.shape), dw, db
 
 
+@torch.library.custom_op("fastvit::add_layer_norm_bwd", mutates_args=())
+def add_layer_norm_bwd(dy: Tensor, h: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                       dh: Optional[Tensor], residual: Tensor, residual_scale: Tensor,
+                       bias_dtype: Optional[torch.dtype],
+                       x_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dresidual, dweight, dbias, dresidual_scale) of add_layer_norm with a layer scale;
+    dweight / dbias empty (0,) when absent, as in ``layer_norm_bwd``."""
+    dx, dr, dw, db, dg = _k.add_layer_norm_bwd(dy, h, weight, mean, rstd, dh, residual, residual_scale,
+                                               bias_dtype=bias_dtype, x_dtype=x_dtype)
+    return dx, dr, h.new_empty((0,)) if dw is None else dw, h.new_empty((0,)) if db is None else db, dg
+
+
+@add_layer_norm_bwd.register_fake
+def _(dy, h, weight, mean, rstd, dh, residual, residual_scale, bias_dtype, x_dtype):
+    n = h.shape[-1]
+    dw = h.new_empty((n,), dtype=weight.dtype) if weight is not None else h.new_empty((0,))
+    db = h.new_empty((n,), dtype=bias_dtype) if bias_dtype is not None else h.new_empty((0,))
+    return (h.new_empty(h.shape, dtype=x_dtype), h.new_empty(h.shape, dtype=residual.dtype), dw, db,
+            h.new_empty((n,), dtype=residual_scale.dtype))
+
+
 # --------------------------------------------------------------------------------------------
 # Autograd
 # --------------------------------------------------------------------------------------------
@@ -95,11 +123,16 @@ class LayerNormFunction(torch.autograd.Function):
 
 class AddLayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps, out_dtype):
-        h, y, mean, rstd = torch.ops.fastvit.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype)
-        # LayerNorm's backward needs its input: h, which we return anyway (x and residual are
-        # not kept).
-        ctx.save_for_backward(h, weight, mean, rstd)
+    def forward(ctx, x, residual, weight, bias, eps, out_dtype, residual_scale=None):
+        h, y, mean, rstd = torch.ops.fastvit.add_layer_norm_fwd(x, residual, weight, bias, eps, out_dtype,
+                                                                residual_scale)
+        # LayerNorm's backward needs its input: h, which we return anyway. x is never kept; the
+        # residual only with a layer scale, for dgamma = sum(residual * dh).
+        if residual_scale is None:
+            ctx.save_for_backward(h, weight, mean, rstd)
+        else:
+            ctx.save_for_backward(h, weight, mean, rstd, residual, residual_scale)
+        ctx.scaled = residual_scale is not None
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.dtypes = (x.dtype, residual.dtype)
         # An output nobody used gets None, not a zero tensor: no LayerNorm backward without dy,
@@ -109,6 +142,8 @@ class AddLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh, dy):
+        if ctx.scaled:
+            return _scaled_backward(ctx, dh, dy)
         h, weight, mean, rstd = ctx.saved_tensors
         dw = db = None
         if dy is None:
@@ -118,10 +153,27 @@ class AddLayerNormFunction(torch.autograd.Function):
             dw = dw if weight is not None else None
             db = db if ctx.bias_dtype is not None else None
         if dh_total is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         # h = x + residual: both get dh_total (autocast may have given them different dtypes).
         dx, dres = (dh_total if dh_total.dtype == dt else dh_total.to(dt) for dt in ctx.dtypes)
-        return dx, dres, dw, db, None, None
+        return dx, dres, dw, db, None, None, None
+
+
+def _scaled_backward(ctx, dh, dy):
+    """AddLayerNormFunction's backward with a layer scale gamma: h = x + gamma * residual."""
+    h, weight, mean, rstd, residual, gamma = ctx.saved_tensors
+    x_dtype, r_dtype = ctx.dtypes
+    if dy is None:
+        if dh is None:
+            return None, None, None, None, None, None, None
+        # Only h was used: no LayerNorm backward to fold the products into, so plain PyTorch
+        # (dgamma's row sum in fp32, rounded once).
+        dg = (dh.float() * residual.float()).reshape(-1, h.shape[-1]).sum(0).to(gamma.dtype)
+        return dh.to(x_dtype), (dh * gamma).to(r_dtype), None, None, None, None, dg
+    dx, dres, dw, db, dg = torch.ops.fastvit.add_layer_norm_bwd(dy, h, weight, mean, rstd, dh, residual, gamma,
+                                                                ctx.bias_dtype, x_dtype)
+    return (dx, dres, dw if weight is not None else None, db if ctx.bias_dtype is not None else None,
+            None, None, dg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +193,4 @@ def triton_layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
 def triton_add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                           eps: float, residual_scale: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """``(h, F.layer_norm(h, ...))`` with ``h = x + residual_scale * residual``, one pass over memory."""
-    if residual_scale is not None:  # TODO(kernel): the scale moves into the add kernel (issue 11)
-        residual = residual * residual_scale
-    return AddLayerNormFunction.apply(x, residual, weight, bias, eps, _out_dtype(x))
+    return AddLayerNormFunction.apply(x, residual, weight, bias, eps, _out_dtype(x), residual_scale)
