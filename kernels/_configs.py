@@ -117,117 +117,30 @@ def layer_norm_dwdb_config(n_cols: int) -> tuple[int, int, int]:
 
 
 # ============================================================================================
-# attention (kernels/attention.py, kernels/attention_bwd.py)
+# attention (kernels/attention.py, kernels/attention_bwd.py): per architecture family, in
+# kernels/_attention_configs.py (candidates, the filter, the named prune functions).
 # ============================================================================================
-# Three autotuned kernels: the forward and dQ (a block of BLOCK_M queries against all keys) and
-# dK/dV (a block of BLOCK_N keys against all queries). Autotune keys: next power of two of Nq
-# and Nk, head_dim, dropout, dot precision, and the dtype (added by the autotuner). The one
-# candidate list per kernel is pruned per (padded head dim, dtype, dropout) by
-# ``attention_config_fits``; ``attention_configs`` is what survives, and ``aot_specs`` compiles
-# exactly that for sm_80 and sm_90 (tests/test_attention_compile.py: no spills, shared memory
-# within the limit, tensor-core instructions).
-
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) before pruning, in order of preference; every tl.dot
-# dimension stays >= 16. The first ATTENTION_MAX_CONFIGS that pass the filter are tuned over:
-# typically a 128-row and a 64-row tile (few long sequences vs. many short ones).
-_ATTENTION_CANDIDATES = {
-    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 8, 2),
-            (32, 32, 4, 2), (16, 16, 4, 2)],
-    "dq": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 8, 2),
-           (32, 32, 4, 2), (16, 16, 4, 2)],
-    "dkdv": [(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2),
-             (16, 16, 4, 2)],
-}
-ATTENTION_MAX_CONFIGS = 2
-ATTENTION_KERNELS = tuple(_ATTENTION_CANDIDATES)
-
-# Shared memory budget per block: sm_86/sm_89 allow 99 KB (sm_80 163 KB, sm_90 227 KB), so every
-# kept configuration launches on any compute capability >= 8.0.
-ATTENTION_SMEM_BUDGET = 99 * 1024
-# fp32 values per thread the live tiles may hold (see attention_config_fits), calibrated on
-# ptxas -v for sm_80 and sm_90 at head_dim 64, 80 and 128, fp16, with and without dropout: at
-# <= 96 nothing spilled, at 112-128 most configurations did. With dropout, a score tile of 16
-# values per thread spilled in dK/dV and 8 did not; in the forward and dQ 16 did not.
-ATTENTION_MAX_TILE_VALUES = 96
-ATTENTION_MAX_DROPOUT_VALUES = 16
-# fp32 (ieee dots on CUDA cores; head_dim 16-256): at <= 80 values with operands at most 32 bytes
-# spilled; at 96-112, hundreds of bytes to 40 KB.
-ATTENTION_MAX_FP32_VALUES = 80
-
-
-def _attention_config(m: int, n: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-
-
-def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages: int, block_d: int,
-                            elem: int) -> int:
-    """Shared memory of the pipelined loads as Triton lays them out on sm_90 (sm_80 uses one
-    stage less): the streamed pair (k, v, or q, dO for dK/dV) once per stage, plus the resident
-    tiles (q; q, dO; k, v)."""
-    streamed = block_n if kernel in ("fwd", "dq") else block_m
-    resident_rows = {"fwd": block_m, "dq": 2 * block_m, "dkdv": 2 * block_n}[kernel]
-    return (num_stages * 2 * streamed + resident_rows) * block_d * elem
-
-
-def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: int, num_stages: int,
-                          block_d: int, elem: int, dropout: bool = False) -> bool:
-    """The filter behind the attention prune functions.
-
-    Registers: per thread, the fp32 accumulators (BLOCK x BLOCK_D: o or dq; dk and dv) plus two
-    score-sized tiles (s and p, or p and dp) must stay <= ATTENTION_MAX_TILE_VALUES. fp32 inputs
-    run ieee dots on CUDA cores with the operand tiles (q, k, v, dO) in registers too: those
-    count, against ATTENTION_MAX_FP32_VALUES.
-    Dropout draws Philox state (four words) per score element: the score tile per thread must
-    stay <= ATTENTION_MAX_DROPOUT_VALUES, halved for dK/dV, whose keep mask is live across two dots.
-    Shared memory: ``attention_smem_estimate`` <= ATTENTION_SMEM_BUDGET.
-    """
-    threads = 32 * num_warps
-    accumulators = 2 * block_n * block_d if kernel == "dkdv" else block_m * block_d
-    score = block_m * block_n // threads
-    values = accumulators // threads + 2 * score
-    if elem < 4:
-        if values > ATTENTION_MAX_TILE_VALUES:
-            return False
-    else:
-        operand_rows = block_m + 2 * block_n if kernel == "fwd" else 2 * (block_m + block_n)
-        if values + operand_rows * block_d // threads > ATTENTION_MAX_FP32_VALUES:
-            return False
-    if dropout and score > ATTENTION_MAX_DROPOUT_VALUES // (2 if kernel == "dkdv" else 1):
-        return False
-    return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem) <= ATTENTION_SMEM_BUDGET
-
-
-def attention_configs(kernel: str, block_d: int, dtype, dropout: bool = False) -> list[triton.Config]:
-    """The configurations the autotuner may pick for ``kernel`` at a padded head dim, dtype and
-    dropout (never empty: the last, lightest candidate if the filter keeps nothing)."""
-    elem = dtype.itemsize
-    kept = [c for c in _ATTENTION_CANDIDATES[kernel] if attention_config_fits(kernel, *c, block_d, elem, dropout)]
-    kept = kept[:ATTENTION_MAX_CONFIGS] or [_ATTENTION_CANDIDATES[kernel][-1]]
-    return [_attention_config(*c) for c in kept]
-
-
-ATTENTION_CONFIGS = {kernel: [_attention_config(*c) for c in cands] for kernel, cands in _ATTENTION_CANDIDATES.items()}
-
-
-def _prune_attention(kernel: str, configs, named_args, kwargs):
-    args = merged_args(named_args, kwargs)
-    keep = {config_key(c) for c in attention_configs(kernel, args["BLOCK_D"], args["Q"].dtype, bool(args["DROPOUT"]))}
-    return [c for c in configs if config_key(c) in keep]
-
-
-def prune_attention_fwd_configs(configs, named_args, **kwargs):
-    """``early_config_prune`` of the forward: ``attention_configs("fwd", ...)`` for the launch."""
-    return _prune_attention("fwd", configs, named_args, kwargs)
-
-
-def prune_attention_dkdv_configs(configs, named_args, **kwargs):
-    """``early_config_prune`` of dK/dV: ``attention_configs("dkdv", ...)`` for the launch."""
-    return _prune_attention("dkdv", configs, named_args, kwargs)
-
-
-def prune_attention_dq_configs(configs, named_args, **kwargs):
-    """``early_config_prune`` of dQ: ``attention_configs("dq", ...)`` for the launch."""
-    return _prune_attention("dq", configs, named_args, kwargs)
+from ._attention_configs import (  # noqa: E402,F401  (re-exported: the one lookup place)
+    AMD_MATRIX_INSTR_NONKDIM,
+    ARCH_FAMILIES,
+    ATTENTION_CONFIGS,
+    ATTENTION_KERNELS,
+    ATTENTION_MAX_CONFIGS,
+    ATTENTION_MAX_DROPOUT_VALUES,
+    ATTENTION_MAX_FP32_VALUES,
+    ATTENTION_MAX_TILE_VALUES,
+    ATTENTION_SMEM_BUDGET,
+    ArchFamily,
+    arch_family,
+    attention_config_fits,
+    attention_configs,
+    attention_smem_estimate,
+    attention_width,
+    device_family,
+    prune_attention_dkdv_configs,
+    prune_attention_dq_configs,
+    prune_attention_fwd_configs,
+)
 
 
 # ============================================================================================
@@ -292,22 +205,25 @@ def shared_memory_limit(device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024
 
 
-def linear_gelu_fitting_configs(configs, *, M: int, N: int, K: int, dtype, smem_limit: int) -> list[triton.Config]:
+def linear_gelu_fitting_configs(configs, *, M: int, N: int, K: int, dtype, smem_limit: int,
+                                smem=None) -> list[triton.Config]:
     """Configs within the device's shared memory and with no tile dimension beyond the
     (power-of-two bucketed) problem dimension, so a small GEMM is not timed with tiles that are
-    mostly padding. Never empty: the smallest tile remains."""
+    mostly padding. Never empty: the smallest tile remains. ``smem``: the family's shared-memory
+    estimate (``linear_gelu_smem_bytes`` by default; the gated GEMM loads two weight tiles)."""
     elem = dtype.itemsize
+    smem = smem or linear_gelu_smem_bytes
 
     def bucket(n):
         return max(16, triton.next_power_of_2(n))
 
-    fitting = [c for c in configs if linear_gelu_smem_bytes(c, elem) <= smem_limit]
+    fitting = [c for c in configs if smem(c, elem) <= smem_limit]
     shaped = [c for c in fitting if c.kwargs["BLOCK_M"] <= bucket(M) and c.kwargs["BLOCK_N"] <= bucket(N)
               and c.kwargs["BLOCK_K"] <= bucket(K)]
     if shaped:
         return shaped
     pool = fitting or configs
-    return [min(pool, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], linear_gelu_smem_bytes(c, elem)))]
+    return [min(pool, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], smem(c, elem)))]
 
 
 def prune_linear_gelu_configs(configs, named_args, **kwargs):
@@ -338,6 +254,54 @@ def linear_gelu_bwd_config(dtype) -> dict:
 
 # Second pass of the bias gradient: sums P partial rows, BLOCK_P at a time, fixed order.
 LINEAR_GELU_BIAS_REDUCE = {"BLOCK_P": 32, "BLOCK_N": 64, "num_warps": 4}
+
+
+# The gated GEMM (kernels/linear_glu.py: act(x W_g^T + b_g) * (x W_v^T + b_v), SwiGLU / GEGLU)
+# holds two accumulators, gate and value, over the same BLOCK_N hidden columns: the tables keep
+# 2 x BLOCK_M x BLOCK_N / threads at 64 values per thread (the limit the GELU GEMM keeps for
+# one), so BLOCK_N is half of linear_gelu's for the same warps. Shared memory per stage holds
+# one X tile and two W tiles. The elementwise kernels reuse linear_gelu's fixed configurations.
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
+_LINEAR_GLU_MMA_16BIT = [
+    (128, 64, 64, 8, 8, 4), (64, 128, 64, 8, 8, 3), (64, 64, 64, 8, 4, 4), (128, 32, 64, 8, 4, 4),
+    (64, 32, 64, 8, 4, 4),
+]
+_LINEAR_GLU_MMA_TF32 = [(128, 64, 32, 8, 8, 3), (64, 64, 32, 8, 4, 3), (64, 32, 32, 8, 4, 4)]
+_LINEAR_GLU_FMA_FP32 = [(64, 32, 32, 8, 4, 3)]
+
+
+def _glu_config(m: int, n: int, k: int, group: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group},
+                         num_warps=warps, num_stages=stages)
+
+
+def linear_glu_gemm_configs(dtype, precision: str) -> list[triton.Config]:
+    """Every gated-GEMM configuration the GPU autotuner may try for ``dtype`` and ``precision``."""
+    import torch
+    if dtype == torch.float32:
+        table = _LINEAR_GLU_MMA_TF32 if precision == "tf32" else _LINEAR_GLU_FMA_FP32
+    else:
+        table = _LINEAR_GLU_MMA_16BIT
+    return [_glu_config(*c) for c in table]
+
+
+LINEAR_GLU_CONFIGS = list({config_key(c): c for c in (
+    [_glu_config(*c) for c in _LINEAR_GLU_MMA_16BIT + _LINEAR_GLU_MMA_TF32 + _LINEAR_GLU_FMA_FP32])}.values())
+
+
+def linear_glu_smem_bytes(cfg: triton.Config, elem: int) -> int:
+    """num_stages x (X tile + gate W tile + value W tile)."""
+    return cfg.num_stages * (cfg.kwargs["BLOCK_M"] + 2 * cfg.kwargs["BLOCK_N"]) * cfg.kwargs["BLOCK_K"] * elem
+
+
+def prune_linear_glu_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of the gated GEMM: its dtype's table, then the shape and device fit."""
+    args = merged_args(named_args, kwargs)
+    dtype = args["X"].dtype
+    table = {config_key(c) for c in linear_glu_gemm_configs(dtype, args["INPUT_PRECISION"])}
+    mine = [c for c in configs if config_key(c) in table]
+    return linear_gelu_fitting_configs(mine, M=args["M"], N=args["N"], K=args["K"], dtype=dtype,
+                                       smem_limit=shared_memory_limit(args["X"].device), smem=linear_glu_smem_bytes)
 
 
 # ============================================================================================
@@ -387,6 +351,15 @@ def layer_norm_interpret_dwdb_config(n_cols: int) -> tuple[int, int, int]:
 
 def linear_gelu_interpret_config(args: dict) -> triton.Config:
     return LINEAR_GELU_INTERPRET
+
+
+# GROUP_M 3 as above; 64 x 64 tiles so the usual hidden widths end in a partial column block.
+LINEAR_GLU_INTERPRET = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 3},
+                                     num_warps=4, num_stages=1)
+
+
+def linear_glu_interpret_config(args: dict) -> triton.Config:
+    return LINEAR_GLU_INTERPRET
 
 
 LINEAR_GELU_INTERPRET_EPILOGUE = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4}

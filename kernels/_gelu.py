@@ -5,6 +5,10 @@ paths of linear_gelu end in, and the launchers' shared checks (``kernels/linear_
 ``APPROXIMATE`` selects the activation at compile time, one of ``GELU_APPROXIMATIONS``: "none"
 (erf GELU, ``F.gelu``), "tanh" (``F.gelu(approximate="tanh")``), "quick" (QuickGELU,
 x * sigmoid(1.702 x), the activation of CLIP's OpenAI weights).
+
+The gated forms (``kernels/linear_glu.py``: SwiGLU, GEGLU) select the gate's activation with
+``ACTIVATION``, one of ``GLU_ACTIVATIONS``: "silu" (x * sigmoid(x), SwiGLU) or "gelu" (erf GELU,
+GEGLU); ``_bias_glu_store`` is their epilogue.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from ._checks import KERNEL_DTYPES, require_tensor
 # The values of ``approximate`` the kernels implement (fastvit/ops/_checks.py validates against
 # this tuple).
 GELU_APPROXIMATIONS = ("none", "tanh", "quick")
+# The gate activations of the gated linear units (fastvit/ops/_checks.py validates against it).
+GLU_ACTIVATIONS = ("silu", "gelu")
 # The Triton GEMM takes KERNEL_DTYPES; float64 goes through the cuBLAS path and the elementwise
 # kernels only (tensor cores have no use for it; it is for checking).
 LINEAR_GELU_DTYPES = KERNEL_DTYPES + (torch.float64,)
@@ -97,6 +103,45 @@ def _bias_gelu_store(v, offs_m64, mask_m, offs_n, N, Bias, Y, Pre,
     tl.store(Y + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn, y.to(Y.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _glu_act(x, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "silu":
+        # x * sigmoid(x), capped like QuickGELU: exp stays finite for very negative x
+        return x / (1.0 + tl.exp(tl.minimum(-x, _EXP_CAP)))
+    else:
+        return _gelu(x, "none")
+
+
+@triton.jit
+def _glu_act_grad(x, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "silu":
+        s = 1.0 / (1.0 + tl.exp(tl.minimum(-x, _EXP_CAP)))
+        return s + x * s * (1.0 - s)
+    else:
+        return _gelu_grad(x, "none")
+
+
+@triton.jit
+def _bias_glu_store(g, v, offs_m64, mask_m, offs_n, N, Bg, Bv, Y, Pre,
+                    stride_bg, stride_bv, stride_ym, stride_yn, stride_pm, stride_pn,
+                    HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, ACTIVATION: tl.constexpr):
+    """The gated epilogue: gate g and value v (rows offs_m64, hidden columns offs_n < N) + their
+    biases -> Pre (optional, packed as the packed weight's output: gate in columns [0, N), value
+    in [N, 2N)), act(g) * v -> Y (M, N)."""
+    mask_n = offs_n < N
+    mask = mask_m[:, None] & mask_n[None, :]
+    offs_n64 = offs_n.to(tl.int64)
+    if HAS_BIAS:
+        g += tl.load(Bg + offs_n64 * stride_bg, mask=mask_n, other=0.0).to(g.dtype)[None, :]
+        v += tl.load(Bv + offs_n64 * stride_bv, mask=mask_n, other=0.0).to(v.dtype)[None, :]
+    if STORE_PRE:
+        pre_ptrs = Pre + offs_m64[:, None] * stride_pm + offs_n64[None, :] * stride_pn
+        tl.store(pre_ptrs, g.to(Pre.dtype.element_ty), mask=mask)
+        tl.store(pre_ptrs + N * stride_pn, v.to(Pre.dtype.element_ty), mask=mask)
+    y = _glu_act(g, ACTIVATION) * v
+    tl.store(Y + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn, y.to(Y.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------------------------
 # Checks
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +166,11 @@ def check_out(t, name, shape, like):
 def check_approximate(approximate):
     if approximate not in GELU_APPROXIMATIONS:
         raise ValueError(f"approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
+
+
+def check_activation(activation):
+    if activation not in GLU_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {GLU_ACTIVATIONS}, got {activation!r}")
 
 
 def check_device(t, name):

@@ -18,13 +18,13 @@ Policies, the same for every family:
   compute in fp32.
 - **naming**: ``AttentionFunction``, ``QKVAttentionFunction``, ``VarlenAttentionFunction``,
   ``VarlenQKVAttentionFunction``, ``LayerNormFunction``,
-  ``AddLayerNormFunction``, ``LinearGeluFunction``; custom ops ``fastvit::<op>_fwd`` and
+  ``AddLayerNormFunction``, ``LinearGeluFunction``, ``LinearGluFunction``; custom ops ``fastvit::<op>_fwd`` and
   ``fastvit::<op>_bwd``.
 """
 from .attention import attention, cls_attention, qkv_attention
 from .layer_norm import add_layer_norm, layer_norm
-from .linear_gelu import linear_gelu
+from .linear_gelu import linear_gelu, linear_glu
 from .varlen_attention import varlen_attention, varlen_qkv_attention
 
 __all__ = ["attention", "qkv_attention", "cls_attention", "layer_norm", "add_layer_norm", "linear_gelu",
-           "varlen_attention", "varlen_qkv_attention"]
+           "linear_glu", "varlen_attention", "varlen_qkv_attention"]

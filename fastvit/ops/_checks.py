@@ -17,6 +17,11 @@ MAX_LAYER_NORM_WIDTH = 16384  # layer_norm: one row per program, held whole
 # F.gelu's "none" (erf) and "tanh", and "quick": x * sigmoid(1.702 x), the QuickGELU of CLIP's
 # OpenAI weights (the sigmoid approximation of GELU).
 GELU_APPROXIMATIONS = ("none", "tanh", "quick")
+# The gate activations of linear_glu: SiLU (SwiGLU) and erf GELU (GEGLU).
+GLU_ACTIVATIONS = ("silu", "gelu")
+# How rope pairs the channels it rotates: "half" (channel i with i + D/2: rotate_half, DINOv3,
+# timm's rope_rotate_half) or "interleaved" (channels 2i and 2i+1: EVA-02, timm's default).
+ROPE_PAIRINGS = ("half", "interleaved")
 
 
 def check_tensor(t, name: str, *, ndim: int | None = None, min_ndim: int | None = None,
@@ -81,6 +86,12 @@ def check_approximate(approximate) -> str:
         raise ValueError(f"approximate must be one of {', '.join(map(repr, GELU_APPROXIMATIONS))}, "
                          f"got {approximate!r}")
     return approximate
+
+
+def check_choice(value, choices, name: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def check_kernel_limit(value: int, limit: int, what: str) -> None:
