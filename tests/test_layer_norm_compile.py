@@ -2,11 +2,12 @@
 spill bytes, shared memory within each architecture's per-block limit.
 
 ``aot_specs()`` lists every (kernel, configuration a launcher or the autotuner may pick, dtype,
-variant, width divisible by 16 or not): 318 specs (106 per dtype), 10-20 minutes to compile for both
-architectures on two cores. The default run compiles a fixed subset (23 specs) chosen to
-hold ViT widths (192 to 2048, fp32: the most registers), an unaligned width (1000), the widest
-bucket in fp16 and bf16 (the chunked backward, the 32-warp forward; the residual variants, which
-use more registers) and the reduction; ``FASTVIT_AOT_FULL=1`` compiles all of them.
+variant, width divisible by 16 or not): 534 specs (178 per dtype; variants plain, residual,
+residual with layer scale), 15-30 minutes to compile for both architectures on two cores. The
+default run compiles a fixed subset (40 specs) chosen to hold ViT widths (192 to 2048, fp32: the
+most registers; every variant), an unaligned width (1000), the widest bucket in fp16 and bf16
+(the chunked backward, the 32-warp forward; the residual variants with and without layer scale,
+which use the most registers) and the reduction; ``FASTVIT_AOT_FULL=1`` compiles all of them.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _subset() -> list[dict]:
     unaligned = K.aot_specs(dtypes=(torch.float32,), block_ns=(1024,), alignments=(False,))
     wide = K.aot_specs(dtypes=(torch.float16, torch.bfloat16), block_ns=(16384,), alignments=(True,))
     specs += [s for s in unaligned if "dwdb" not in s.name]
-    specs += [s for s in wide if s.name.endswith("_res")]
+    specs += [s for s in wide if s.name.endswith(("_res", "_res_scale"))]
     return specs
 
 
@@ -67,9 +68,11 @@ def test_specs_cover_every_configuration_the_launchers_may_pick():
     for dtype in ("fp16", "bf16", "fp32"):
         for tag in ("", "_unaligned"):
             for block_n in block_ns:
-                for res in ("", "_res"):
+                for res in ("", "_res", "_res_scale"):
                     for block_m, warps in C.layer_norm_fwd_configs_for(block_n):
                         assert f"_layer_norm_fwd_{dtype}_n{block_n}_m{block_m}_w{warps}{res}{tag}" in names
+                # The backward also runs with a layer scale but no gradient of h (only y used).
+                for res in ("", "_res", "_scale", "_res_scale"):
                     cfg = C.layer_norm_bwd_config(block_n)
                     if cfg.wide:
                         want = f"_layer_norm_bwd_wide_{dtype}_n{block_n}_chunk{cfg.block_n}_w{cfg.num_warps}{res}{tag}"
@@ -77,7 +80,8 @@ def test_specs_cover_every_configuration_the_launchers_may_pick():
                         want = f"_layer_norm_bwd_{dtype}_n{block_n}_m{cfg.block_m}_w{cfg.num_warps}{res}{tag}"
                     assert want in names
             block_p, block_n2, warps = C.layer_norm_dwdb_config(C.LAYER_NORM_MAX_WIDTH)
-            assert f"_layer_norm_bwd_dwdb_{dtype}_p{block_p}_n{block_n2}_w{warps}{tag}" in names
+            for res in ("", "_scale"):
+                assert f"_layer_norm_bwd_dwdb_{dtype}_p{block_p}_n{block_n2}_w{warps}{res}{tag}" in names
     # Every config in the autotuner's list belongs to some bucket, so it is compiled above.
     per_bucket = {c for b in block_ns for c in C.layer_norm_fwd_configs_for(b)}
     assert {(c.kwargs["BLOCK_M"], c.num_warps) for c in C.layer_norm_fwd_autotune_configs()} == per_bucket
@@ -100,7 +104,8 @@ def test_the_gpu_autotuner_prunes_through_the_named_filter():
     assert tuner.early_config_prune is C.prune_layer_norm_fwd_configs
     tuner.nargs = {"rows_bucket": 512}
     try:
-        kept = tuner.prune_configs({"BLOCK_N": 256, "HAS_RESIDUAL": False, "HAS_WEIGHT": True, "HAS_BIAS": True})
+        kept = tuner.prune_configs({"BLOCK_N": 256, "HAS_RESIDUAL": False, "HAS_SCALE": False, "HAS_WEIGHT": True,
+                                    "HAS_BIAS": True})
     finally:
         tuner.nargs = None
     assert {(c.kwargs["BLOCK_M"], c.num_warps) for c in kept} == set(C.layer_norm_fwd_configs_for(256))

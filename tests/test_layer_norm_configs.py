@@ -3,7 +3,8 @@
 1. Each width bucket's forward autotune candidates, its fixed backward configuration (the
    register kernel or, past 4096, the chunked one) and the dweight/dbias reduction's run once in
    the interpreter, forced in place of the interpreter's own, against float64 on an odd width
-   and a row count that ends in a partial tile (fp32; one bucket in fp16 too).
+   and a row count that ends in a partial tile (fp32; one bucket in fp16 too), for the residual
+   add with and without a layer scale (whose variants of the same kernels carry more arrays).
 2. The autotuned forward and the GPU's backward grid, simulated in the interpreter
    (``tests/_simulated_gpu.py``): the pruned candidates are timed, the fastest runs, a failing
    candidate is reported by a warning naming it.
@@ -20,6 +21,7 @@ from fastvit.kernels import layer_norm as K
 from fastvit.kernels import layer_norm_bwd as KB
 from tests._simulated_gpu import clear_tuning, record_launches, simulated_gpu, skip_on_gpu
 from tests.test_layer_norm_kernel import _check_all, _inputs
+from tests.test_layer_scale_add_layer_norm import check_scaled, make_inputs
 
 # An odd width inside each BLOCK_N bucket (b/2 < width <= b).
 WIDTHS = {64: 50, 128: 100, 256: 200, 512: 300, 1024: 1000, 2048: 1500, 4096: 3000, 8192: 5000, 16384: 10000}
@@ -54,9 +56,10 @@ def test_every_gpu_configuration_matches_float64(block_n, config, monkeypatch, d
     for dtype in dtypes:
         x, r, w, b = _inputs((rows, WIDTHS[block_n]), dtype, residual=True, device=device)
         _check_all("add", x, r, w, b)
+        check_scaled(make_inputs((rows, WIDTHS[block_n]), dtype, device=device), what=f"layer scale n{block_n}")
     name = "_layer_norm_bwd_wide" if bwd.wide else "_layer_norm_bwd"
     launched = [launch.meta for launch in launches if launch.kernel == name]
-    assert len(launched) == len(dtypes)
+    assert len(launched) == 2 * len(dtypes)
     assert all(m["BLOCK_N"] == bwd.block_n and m["num_warps"] == bwd.num_warps for m in launched)
 
 

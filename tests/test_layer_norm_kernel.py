@@ -153,8 +153,8 @@ def test_add_layer_norm_matches_float64(shape, dtype, device):
 @pytest.mark.parametrize("rows,width", [(3, 16384), (2, 10000), (5, 5000)])
 @pytest.mark.parametrize("kind", ["ln", "add"])
 def test_wide_rows(rows, width, kind, device):
-    # 16384 and 10000 take the chunked backward (partial sums in memory); 5000 the register one
-    # at its widest bucket (8192).
+    # All three take the chunked backward (partial sums in memory, rows past 4096): 16384 and
+    # 10000 in the widest bucket, 5000 in the 8192 one.
     for dtype in (torch.float32, torch.bfloat16):
         x, r, w, b = _inputs((rows, width), dtype, residual=kind == "add", device=device)
         _check_all(kind, x, r, w, b)
