@@ -24,7 +24,9 @@ Policies, the same for every family:
 from .attention import attention, cls_attention, qkv_attention
 from .layer_norm import add_layer_norm, layer_norm
 from .linear_gelu import linear_gelu, linear_glu
+from .rope import apply_rope, rope_attention, rope_qkv, rope_qkv_attention
 from .varlen_attention import varlen_attention, varlen_qkv_attention
 
 __all__ = ["attention", "qkv_attention", "cls_attention", "layer_norm", "add_layer_norm", "linear_gelu",
-           "linear_glu", "varlen_attention", "varlen_qkv_attention"]
+           "linear_glu", "varlen_attention", "varlen_qkv_attention",
+           "apply_rope", "rope_attention", "rope_qkv", "rope_qkv_attention"]
