@@ -45,10 +45,11 @@ def python_function(fn):
     raise TypeError(f"fn must be a @triton.jit function (possibly autotuned), got {fn!r}")
 
 
-def _constexpr_params(pyfn) -> list[str]:
+def _constexpr_params(pyfn) -> dict:
+    """Each ``tl.constexpr`` parameter -> its default (``inspect.Parameter.empty`` if none)."""
     # Kernel modules use postponed annotations, so an annotation may be the string "tl.constexpr".
-    return [name for name, p in inspect.signature(pyfn).parameters.items()
-            if p.annotation is not inspect.Parameter.empty and "constexpr" in str(p.annotation)]
+    return {name: p.default for name, p in inspect.signature(pyfn).parameters.items()
+            if p.annotation is not inspect.Parameter.empty and "constexpr" in str(p.annotation)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,9 @@ class AotSpec:
     ``signature`` types every argument of ``fn`` (``"*fp16"``, ``"i32"``, ``"fp32"``,
     ``"constexpr"``); ``constexprs`` holds the value of each ``"constexpr"`` one; ``aligned`` names
     the arguments compiled as divisible by 16; ``mma`` says whether tensor-core instructions are
-    expected (None: not a claim of the spec).
+    expected (None: not a claim of the spec); ``options`` are further compile options of the
+    target's backend, as a launch passes them (AMD's ``waves_per_eu``, ``matrix_instr_nonkdim``;
+    a backend that does not know an option ignores it, as at launch).
     """
 
     name: str
@@ -69,6 +72,7 @@ class AotSpec:
     num_stages: int
     aligned: tuple = ()
     mma: bool | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -93,6 +97,10 @@ class AotSpec:
         object.__setattr__(self, "signature", dict(self.signature))
         object.__setattr__(self, "constexprs", dict(self.constexprs))
         object.__setattr__(self, "aligned", tuple(self.aligned))
+        clash = [k for k in self.options if k in params or k in ("num_warps", "num_stages")]
+        if clash:
+            raise ValueError(f"spec {self.name!r}: options {clash} are kernel arguments or launch fields")
+        object.__setattr__(self, "options", dict(self.options))
 
     def __getitem__(self, key: str):
         """Read access by field name (``spec["name"]``), as callers of the former dict specs use."""
@@ -103,14 +111,17 @@ class AotSpec:
 
 def aot_spec(name: str, fn, *, pointers: Mapping[str, Any], constexprs: Mapping[str, Any] = (),
              floats: Iterable[str] = (), unit_strides: Iterable[str] = (), aligned: Iterable[str] = (),
-             num_warps: int, num_stages: int = 1, mma: bool | None = None) -> AotSpec:
+             num_warps: int, num_stages: int = 1, mma: bool | None = None,
+             options: Mapping[str, Any] = ()) -> AotSpec:
     """The spec of ``fn`` compiled with these arguments.
 
     ``pointers``: tensor argument -> element dtype (torch dtype or Triton name), or None for an
     optional tensor left out (then a constexpr None, as at launch). ``constexprs``: values of the
     ``tl.constexpr`` arguments. ``floats``: fp32 scalars. ``unit_strides``: int arguments equal
     to 1 at launch (Triton makes them constants). ``aligned``: int arguments divisible by 16 at
-    launch. Every other argument is an i32 scalar.
+    launch. Every other argument is an i32 scalar. A constexpr with a default in the kernel's
+    signature takes that default unless ``constexprs`` gives it. ``options``: compile options
+    beyond warps and stages (see ``AotSpec``).
     """
     pyfn = python_function(fn)
     params = list(inspect.signature(pyfn).parameters)
@@ -119,7 +130,11 @@ def aot_spec(name: str, fn, *, pointers: Mapping[str, Any], constexprs: Mapping[
     unknown = [k for k in (*pointers, *floats, *unit_strides) if k not in params]
     if unknown:
         raise ValueError(f"spec {name!r}: {unknown} are not arguments of {pyfn.__name__}{tuple(params)}")
-    missing = [p for p in _constexpr_params(pyfn) if p not in constexprs]
+    declared = _constexpr_params(pyfn)
+    for p, default in declared.items():
+        if p not in constexprs and default is not inspect.Parameter.empty:
+            constexprs[p] = default
+    missing = [p for p in declared if p not in constexprs]
     if missing:
         raise ValueError(f"spec {name!r}: no value for the constexpr arguments {missing} of {pyfn.__name__}")
     signature = {}
@@ -141,4 +156,4 @@ def aot_spec(name: str, fn, *, pointers: Mapping[str, Any], constexprs: Mapping[
     return AotSpec(name=name, fn=fn, signature=signature, constexprs=constexprs, num_warps=num_warps,
                    num_stages=num_stages, aligned=tuple(runtime_pointers) + tuple(a for a in aligned
                                                                                   if a not in unit_strides),
-                   mma=mma)
+                   mma=mma, options=dict(options))

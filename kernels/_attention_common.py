@@ -1,6 +1,24 @@
 """What the attention forward (``kernels/attention.py``) and backward
-(``kernels/attention_bwd.py``) share: device helpers, the launch-argument checks, the padded
-head dim, the autotune key and the three kernels' launch through ``kernels/_autotune.py``.
+(``kernels/attention_bwd.py``) share: device helpers, the launch-argument checks, the head dim's
+power-of-two chunks, the autotune key and the three kernels' launch through
+``kernels/_autotune.py``.
+
+Head dims that are not powers of two
+------------------------------------
+``tl.dot`` and ``tl.arange`` need power-of-two tile widths, and padding a head dim to the next
+power of two wastes tensor-core work: 80 computed as 128 is 1.6x the multiply-adds, 72 is 1.8x.
+So the head dim is split into up to three power-of-two chunks of at least 16 columns, largest
+first, passed as the constexprs ``BLOCK_D`` (the first chunk), ``D1`` and ``D2`` (0: absent):
+80 = 64 + 16, 96 = 64 + 32, 112 = 64 + 32 + 16; 72 = 64 + 16 and 88 = 64 + 16 + 16 with the last
+chunk's tail masked (the head dim rounded up to a multiple of 16, the tensor cores' K step).
+Every q k^T is a sum of one dot per chunk into the same fp32 score tile, every P V and gradient
+has one fp32 accumulator per chunk. Why constexpr chunks rather than a loop over a chunk index
+or a tuple of tiles: the tiles a kernel keeps across its key loop (q, or k and v) and its
+accumulators must stay in registers, and a chunk of a different width is a tensor of a different
+type, so they are separate variables, each under a compile-time ``if``; a power of two has
+D1 = D2 = 0, the branches vanish at compile time, and the code is exactly the single-tile code
+(no slowdown for 64 and 128). ``BLOCK_D`` keeps its earlier meaning there (the padded head dim),
+so code that launches a kernel with ``BLOCK_D`` alone (D1, D2 defaulted to 0) still works.
 """
 from __future__ import annotations
 
@@ -12,7 +30,7 @@ from . import _configs
 from ._aot import AotSpec, aot_spec, dtype_tag
 from ._autotune import TunedKernel
 from ._checks import require_dtype, require_tensor
-from ._interpret import INTERPRETING, input_precision
+from ._interpret import INTERPRETING, dot, input_precision
 
 # Softmax runs in base 2 (exp2 is the native instruction): exp(x) = exp2(x * LOG2E).
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -66,6 +84,68 @@ def _program_block(N, BLOCK: tl.constexpr, H):
 
 
 @triton.jit
+def _slice_base(Base, off_b, off_h, start, stride_b, stride_h, stride_n):
+    """Pointer to token ``start`` of one (batch, head) slice, in int64 (B*H*N*D can pass 2^31);
+    tiles are then addressed from it by small int32 offsets."""
+    return Base + off_b * stride_b + off_h * stride_h + start.to(tl.int64) * stride_n
+
+
+@triton.jit
+def _load_chunk(base, rows, stride_n, mask_rows, START: tl.constexpr, WIDTH: tl.constexpr,
+                HEAD_DIM: tl.constexpr):
+    """Rows ``rows`` x head-dim columns [START, START + WIDTH) of the slice at ``base``; zeros
+    in padded rows and in columns at or past HEAD_DIM (the masked tail of the last chunk)."""
+    cols = START + tl.arange(0, WIDTH)
+    return tl.load(base + rows[:, None] * stride_n + cols[None, :],
+                   mask=mask_rows[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_chunk(base, rows, stride_n, mask_rows, x, START: tl.constexpr, WIDTH: tl.constexpr,
+                 HEAD_DIM: tl.constexpr):
+    """Store the fp32 tile ``x`` (rows x WIDTH) at columns [START, START + WIDTH), rounded to
+    the pointer's dtype, leaving padded rows and columns untouched."""
+    cols = START + tl.arange(0, WIDTH)
+    tl.store(base + rows[:, None] * stride_n + cols[None, :], _cast(x, base.dtype.element_ty),
+             mask=mask_rows[:, None] & (cols < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _hint_strides(stride_b, stride_h, stride_n, STRIDE_ALIGN: tl.constexpr):
+    """The strides of one tensor, declared multiples of STRIDE_ALIGN when it is above 1.
+
+    Triton specialises integer arguments on divisibility by 16 only, so at head dim 72 or 88
+    (packed qkv: a head stride of 72) it sees strides of unknown alignment and loads every
+    element alone (and spills); the launcher checks that every stride is a multiple of 8 and
+    says so here, which lets 16-byte vector loads through. (x // 8) * 8 rather than
+    tl.multiple_of: the same value when the launcher's check holds, and the compiler's
+    alignment analysis reads it off the multiplication; tl.multiple_of on the argument changed
+    nothing in the PTX (triton 3.8: scalar b16 loads at head dim 72 either way).)"""
+    if STRIDE_ALIGN > 1:
+        stride_b = (stride_b // STRIDE_ALIGN) * STRIDE_ALIGN
+        stride_h = (stride_h // STRIDE_ALIGN) * STRIDE_ALIGN
+        stride_n = (stride_n // STRIDE_ALIGN) * STRIDE_ALIGN
+    return stride_b, stride_h, stride_n
+
+
+@triton.jit
+def _dot_rows_t(a, base, rows, stride_n, mask_rows, START: tl.constexpr, WIDTH: tl.constexpr,
+                HEAD_DIM: tl.constexpr, acc, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ chunk^T, the chunk (rows x WIDTH) loaded from ``base``: one head-dim chunk's
+    share of q k^T (or dO v^T)."""
+    b = _load_chunk(base, rows, stride_n, mask_rows, START, WIDTH, HEAD_DIM)
+    return dot(a, tl.trans(b), acc, INPUT_PRECISION)
+
+
+@triton.jit
+def _dot_rows(a, base, rows, stride_n, mask_rows, START: tl.constexpr, WIDTH: tl.constexpr,
+              HEAD_DIM: tl.constexpr, acc, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ chunk, the chunk (rows x WIDTH) loaded from ``base``: P V for one chunk."""
+    b = _load_chunk(base, rows, stride_n, mask_rows, START, WIDTH, HEAD_DIM)
+    return dot(a, b, acc, INPUT_PRECISION)
+
+
+@triton.jit
 def _tile_ptrs(Base, off_b, off_h, start, stride_b, stride_h, stride_n, BLOCK: tl.constexpr, offs_d):
     """Pointers to rows start .. start+BLOCK of one (batch, head) slice: an int64 scalar base
     (B*H*N*D can pass 2^31) plus small int32 offsets within the tile."""
@@ -79,8 +159,40 @@ def _tile_ptrs(Base, off_b, off_h, start, stride_b, stride_h, stride_n, BLOCK: t
 
 
 def block_d(head_dim: int) -> int:
-    """Head dim padded to a power of two, at least 16 (tl.dot's minimum on tensor cores)."""
+    """Head dim padded to a power of two, at least 16 (tl.dot's minimum on tensor cores): the
+    single-chunk width. The kernels here use ``head_dim_chunks`` instead."""
     return max(16, triton.next_power_of_2(int(head_dim)))
+
+
+MAX_CHUNKS = 3
+
+
+def head_dim_chunks(head_dim: int) -> tuple[int, int, int]:
+    """(BLOCK_D, D1, D2): the head dim's power-of-two chunks (see the module docstring).
+
+    The head dim rounded up to a multiple of 16, written as a sum of distinct powers of two,
+    largest first; a power of two is one chunk. Three chunks cover every multiple of 16 up to
+    256 except 240 (128 + 64 + 32 + 16), which is padded to one chunk of 256, as before.
+    """
+    head_dim = int(head_dim)
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [1, {MAX_HEAD_DIM}], got {head_dim}")
+    padded = max(16, -(-head_dim // 16) * 16)
+    parts = [1 << b for b in range(padded.bit_length() - 1, 3, -1) if padded >> b & 1]
+    if len(parts) > MAX_CHUNKS:
+        parts = [block_d(head_dim)]
+    return tuple(parts + [0] * (MAX_CHUNKS - len(parts)))
+
+
+def chunk_width(chunks) -> int:
+    """The head-dim columns a kernel computes on: the sum of its chunks."""
+    return sum(chunks)
+
+
+def chunk_constexprs(head_dim: int) -> dict:
+    """The head-dim constexprs of a chunked kernel: HEAD_DIM, BLOCK_D, D1, D2."""
+    first, d1, d2 = head_dim_chunks(head_dim)
+    return {"HEAD_DIM": int(head_dim), "BLOCK_D": first, "D1": d1, "D2": d2}
 
 
 def tuned(fn, kernel: str, prune) -> TunedKernel:
@@ -100,25 +212,69 @@ def length_keys(n_q: int, n_k: int) -> dict:
     return {"N_Q_KEY": triton.next_power_of_2(n_q), "N_K_KEY": triton.next_power_of_2(n_k)}
 
 
-def dot_kernel_specs(kernel: str, fn, tensors: dict, dtypes, head_dims, dropout) -> list[AotSpec]:
+def stride_align(*tensors) -> int:
+    """STRIDE_ALIGN for a launch (see ``_hint_strides``): 8 when every stride of every tensor is
+    a multiple of 8 but not all are multiples of 16 (which Triton detects by itself), else 1."""
+    strides = [s for t in tensors for s in t.stride()]
+    if all(s % 16 == 0 for s in strides) or any(s % 8 for s in strides):
+        return 1
+    return 8
+
+
+def aligned_strides(fn, head_dim: int) -> list[str]:
+    """The stride arguments Triton sees as multiples of 16 at a launch with this head dim: all of
+    them when the head dim is a multiple of 16 ((B, H, N, D) tensors and packed qkv alike), none
+    otherwise (packed qkv at head dim 72 has a head stride of 72; ``STRIDE_ALIGN`` = 8 then)."""
+    if int(head_dim) % 16:
+        return []
+    return [a for a in fn.arg_names if a.startswith("stride_")]
+
+
+def kernel_head_dim(fn, head_dim: int) -> dict:
+    """The head-dim constexprs ``fn`` takes at ``head_dim``: chunked (HEAD_DIM, BLOCK_D, D1, D2)
+    when it has the chunk parameters, else HEAD_DIM and the padded BLOCK_D."""
+    if "D1" in fn.arg_names:
+        dims = chunk_constexprs(head_dim)
+        if "STRIDE_ALIGN" in fn.arg_names:
+            # What a launch on packed qkv passes (every stride a multiple of 8 at head dims that are).
+            dims["STRIDE_ALIGN"] = 8 if int(head_dim) % 16 and int(head_dim) % 8 == 0 else 1
+        return dims
+    return {"HEAD_DIM": int(head_dim), "BLOCK_D": block_d(head_dim)}
+
+
+def dot_kernel_specs(kernel: str, fn, tensors: dict, dtypes, head_dims, dropout, *, family: str = "nvidia",
+                     configs=None) -> list[AotSpec]:
     """One spec per (configuration the autotuner may pick, dtype, head_dim, dropout) of one of the
     three tl.dot kernels. ``tensors`` maps each pointer argument to its dtype (None: the
-    activation dtype). Pointers and strides are 16-divisible at every launch compiled here (head
-    dims multiples of 16; packed qkv or (B, H, N, D) layouts), which Triton specialises on."""
+    activation dtype). Pointers are 16-byte aligned at every launch compiled here (views of
+    packed qkv at head dims that are multiples of 8), strides per ``aligned_strides``: what
+    Triton specialises on. ``family``: the architecture family (``_configs.ARCH_FAMILIES``) whose
+    configurations are compiled; ``configs(kernel, width, dtype, dropout)`` replaces them (default:
+    what ``_configs.attention_configs`` keeps for the family, i.e. what its autotuner may pick).
+    Configuration keywords that are not kernel arguments (AMD's ``waves_per_eu``,
+    ``matrix_instr_nonkdim``) are compile options, as they are at launch."""
+    if configs is None:
+        def configs(kern, width, dtype, drop):
+            return _configs.attention_configs(kern, width, dtype, drop, family=family)
     specs = []
     for dtype in dtypes:
         for head_dim in head_dims:
-            bd = block_d(head_dim)
+            dims = kernel_head_dim(fn, head_dim)
+            width = _configs.attention_width(dims)
             for drop in dropout:
-                for cfg in _configs.attention_configs(kernel, bd, dtype, drop):
+                for cfg in configs(kernel, width, dtype, drop):
                     name = (f"{fn.__name__}_d{head_dim}_{dtype_tag(dtype)}_m{cfg.kwargs['BLOCK_M']}"
-                            f"n{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}{'_dropout' if drop else ''}")
-                    constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": bd, "DROPOUT": drop,
-                                  "INPUT_PRECISION": input_precision(dtype), **cfg.kwargs}
+                            f"n{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
+                            + "".join(f"_{k}{v}" for k, v in sorted(cfg.kwargs.items())
+                                      if k not in ("BLOCK_M", "BLOCK_N"))
+                            + ("_dropout" if drop else ""))
+                    constexprs = {**dims, "DROPOUT": drop, "INPUT_PRECISION": input_precision(dtype),
+                                  **{k: v for k, v in cfg.kwargs.items() if k in fn.arg_names}}
                     specs.append(aot_spec(
                         name, fn, pointers={k: v or dtype for k, v in tensors.items()}, constexprs=constexprs,
-                        floats=("sm_scale", "dropout_p"), aligned=[a for a in fn.arg_names if a.startswith("stride_")],
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, mma=True))
+                        floats=("sm_scale", "dropout_p"), aligned=aligned_strides(fn, head_dim),
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, mma=True,
+                        options={k: v for k, v in cfg.kwargs.items() if k not in fn.arg_names}))
     return specs
 
 

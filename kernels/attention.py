@@ -3,7 +3,8 @@ launcher here, the backward in ``kernels/attention_bwd.py`` (re-exported below),
 in ``kernels/_attention_common.py``.
 
 softmax(q k^T * scale) v without the N x N matrix in memory, for any sequence lengths (197, 577,
-4097: masked tails), any head_dim 1..256 (padded to a power of two inside the kernel), fp16,
+4097: masked tails), any head_dim 1..256 (split into power-of-two chunks inside the kernels: 80 = 64 + 16, see
+``kernels/_attention_common.py``), fp16,
 bf16 and fp32, with optional attention dropout regenerated in the backward from a counter-based
 RNG. q, k, v, out and their gradients are addressed by (batch, head, token) strides with a unit
 last stride, so views of a packed qkv Linear output and an output laid out as (B, N, H*D) are
@@ -28,15 +29,23 @@ from ._attention_common import (
     LN2,
     LOG2E,
     _cast,
+    _dot_rows,
+    _dot_rows_t,
     _dropout_keep,
+    _load_chunk,
     _program_block,
-    _tile_ptrs,
+    _slice_base,
+    _hint_strides,
+    _store_chunk,
     block_d,
     check_dropout,
     check_inputs,
+    chunk_constexprs,
     dot_kernel_specs,
+    head_dim_chunks,
     launch,
     length_keys,
+    stride_align,
     tuned,
     unit_last_stride,
 )
@@ -45,7 +54,7 @@ from ._interpret import dot, input_precision
 from .attention_bwd import aot_specs as _bwd_aot_specs
 from .attention_bwd import attention_bwd
 
-__all__ = ["attention_fwd", "attention_bwd", "attention_dropout_mask", "aot_specs", "block_d"]
+__all__ = ["attention_fwd", "attention_bwd", "attention_dropout_mask", "aot_specs", "block_d", "head_dim_chunks"]
 
 
 @triton.jit
@@ -58,63 +67,97 @@ def _attn_fwd(
     stride_ob, stride_oh, stride_on,
     H, N_Q, N_K,
     N_Q_KEY, N_K_KEY,  # autotuning buckets (next power of two of N_Q, N_K); unused in the body
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
 ):
+    stride_qb, stride_qh, stride_qn = _hint_strides(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
+    stride_kb, stride_kh, stride_kn = _hint_strides(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
+    stride_vb, stride_vh, stride_vn = _hint_strides(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
+    stride_ob, stride_oh, stride_on = _hint_strides(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
     # Query blocks fastest in the flat grid: neighbouring programs share K and V in L2.
     start_m, pid_bh, off_b, off_h = _program_block(N_Q, BLOCK_M, H)
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < N_Q
-    mask_d = offs_d < HEAD_DIM
 
-    q_ptrs = _tile_ptrs(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn, BLOCK_M, offs_d)
+    q_base = _slice_base(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn)
     # In the loop: a scalar pointer advanced per block plus loop-invariant int32 tile offsets,
     # rather than 64-bit pointer tiles carried (and spilled) through the pipelined loop.
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
 
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    # One q tile and one output accumulator per head-dim chunk (the second and third exist only
+    # when the head dim is not a power of two: compile-time branches).
+    q0 = _load_chunk(q_base, rows, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if D1 > 0:
+        q1 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM)
+        acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    if D2 > 0:
+        q2 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+        acc2 = tl.zeros([BLOCK_M, D2], tl.float32)
     qk_scale = sm_scale * LOG2E
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, N_K, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < N_K
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION) * qk_scale
+        # q k^T: one dot per chunk, summed in the fp32 score tile.
+        s = _dot_rows_t(q0, k_base, offs_n, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM,
+                        tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            s = _dot_rows_t(q1, k_base, offs_n, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM, s, INPUT_PRECISION)
+        if D2 > 0:
+            s = _dot_rows_t(q2, k_base, offs_n, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM, s, INPUT_PRECISION)
+        s = s * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Every block holds at least one real key, so m_new is finite and exp2 never sees inf - inf.
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
         if DROPOUT:
             # The normaliser l_i sums the undropped probabilities: dropout acts after softmax.
             keep = _dropout_keep(seed, dropout_p, pid_bh, N_Q, N_K, offs_m[:, None], cols[None, :])
             p = tl.where(keep, p, 0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = dot(_cast(p, v.dtype), v, acc, INPUT_PRECISION)
+        p = _cast(p, V.dtype.element_ty)
+        acc0 = _dot_rows(p, v_base, offs_n, stride_vn, mask_n, 0, BLOCK_D, HEAD_DIM, acc0 * alpha[:, None],
+                         INPUT_PRECISION)
+        if D1 > 0:
+            acc1 = _dot_rows(p, v_base, offs_n, stride_vn, mask_n, BLOCK_D, D1, HEAD_DIM, acc1 * alpha[:, None],
+                             INPUT_PRECISION)
+        if D2 > 0:
+            acc2 = _dot_rows(p, v_base, offs_n, stride_vn, mask_n, BLOCK_D + D1, D2, HEAD_DIM,
+                             acc2 * alpha[:, None], INPUT_PRECISION)
         m_i = m_new
         k_base += BLOCK_N * stride_kn
         v_base += BLOCK_N * stride_vn
 
-    acc = acc / l_i[:, None]
-    if DROPOUT:
-        acc = acc * (1.0 / (1.0 - dropout_p))
-    o_ptrs = _tile_ptrs(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_on, BLOCK_M, offs_d)
-    tl.store(o_ptrs, _cast(acc, Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    # out = acc / l (times 1/(1-p) with dropout), chunk by chunk.
+    o_base = _slice_base(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_on)
+    _store_chunk(o_base, rows, stride_on, mask_m, _finish(acc0, l_i, dropout_p, DROPOUT), 0, BLOCK_D, HEAD_DIM)
+    if D1 > 0:
+        _store_chunk(o_base, rows, stride_on, mask_m, _finish(acc1, l_i, dropout_p, DROPOUT), BLOCK_D, D1, HEAD_DIM)
+    if D2 > 0:
+        _store_chunk(o_base, rows, stride_on, mask_m, _finish(acc2, l_i, dropout_p, DROPOUT), BLOCK_D + D1, D2,
+                     HEAD_DIM)
     # Natural log for the caller; l_i >= 1 (the row maximum contributes exp2(0)).
     lse = (m_i + tl.math.log2(l_i)) * LN2
     tl.store(Lse + pid_bh.to(tl.int64) * N_Q + offs_m, lse, mask=mask_m)
 
+
+@triton.jit
+def _finish(acc, l_i, dropout_p, DROPOUT: tl.constexpr):
+    acc = acc / l_i[:, None]
+    if DROPOUT:
+        acc = acc * (1.0 / (1.0 - dropout_p))
+    return acc
 
 
 @triton.jit
@@ -172,8 +215,8 @@ def attention_fwd(
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
         H=H, N_Q=n_q, N_K=n_k, **length_keys(n_q, n_k),
-        HEAD_DIM=D, BLOCK_D=block_d(D),
-        DROPOUT=dropout_p > 0.0, INPUT_PRECISION=input_precision(q.dtype),
+        **chunk_constexprs(D),
+        DROPOUT=dropout_p > 0.0, INPUT_PRECISION=input_precision(q.dtype), STRIDE_ALIGN=stride_align(q, k, v, out),
     ))
     return out, lse
 
@@ -193,14 +236,15 @@ def attention_dropout_mask(B: int, H: int, n_q: int, n_k: int, dropout_p: float,
     return mask.bool()
 
 
-def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True)) -> list:
-    """Every configuration the GPU autotuner may pick, per dtype, head_dim and dropout, for the
-    forward here and the backward's kernels (``attention_bwd.aot_specs``): exactly those
-    ``kernels/_configs.py`` keeps after pruning, so a compile report over them covers
-    everything a GPU can run."""
+def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True), *,
+              family: str = "nvidia") -> list:
+    """Every configuration the GPU autotuner may pick on the architecture family ``family``
+    (``_configs.ARCH_FAMILIES``), per dtype, head_dim and dropout, for the forward here and the
+    backward's kernels (``attention_bwd.aot_specs``): exactly those ``kernels/_configs.py`` keeps
+    after pruning, so a compile report over them covers everything a GPU can run."""
     for dtype in dtypes:
         if dtype not in KERNEL_DTYPES:
             raise ValueError(f"dtypes: the attention kernels take {KERNEL_DTYPES}, got {dtype}")
     fwd = dot_kernel_specs("fwd", _attn_fwd, {"Q": None, "K": None, "V": None, "Out": None, "Lse": torch.float32},
-                           dtypes, head_dims, dropout)
-    return fwd + _bwd_aot_specs(head_dims, dtypes, dropout)
+                           dtypes, head_dims, dropout, family=family)
+    return fwd + _bwd_aot_specs(head_dims, dtypes, dropout, family=family)

@@ -18,15 +18,22 @@ from ._aot import aot_spec, dtype_tag
 from ._attention_common import (
     LOG2E,
     _cast,
+    _dot_rows_t,
     _dropout_keep,
+    _hint_strides,
+    _load_chunk,
     _program_block,
-    _tile_ptrs,
-    block_d,
+    _slice_base,
+    _store_chunk,
+    aligned_strides,
     check_dropout,
     check_inputs,
+    chunk_constexprs,
     dot_kernel_specs,
+    kernel_head_dim,
     launch,
     length_keys,
+    stride_align,
     tuned,
     unit_last_stride,
 )
@@ -44,22 +51,38 @@ def _attn_bwd_preprocess(
     H, N_Q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     HAS_DLSE: tl.constexpr,
+    # Further head-dim chunks (0: absent), last and defaulted so that a launch with the padded
+    # BLOCK_D alone (the varlen backward's) is still the single-chunk kernel.
+    D1: tl.constexpr = 0, D2: tl.constexpr = 0, STRIDE_ALIGN: tl.constexpr = 1,
 ):
+    stride_ob, stride_oh, stride_on = _hint_strides(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
+    stride_dob, stride_doh, stride_don = _hint_strides(stride_dob, stride_doh, stride_don, STRIDE_ALIGN)
     # delta_i = sum_j P_ij dP_ij = rowsum(dO * O) (dropout included, since O = P_dropped V).
     # A gradient flowing into lse adds dLse_i * P_ij to dS_ij: folded in as delta - dLse.
     start_m, pid_bh, off_b, off_h = _program_block(N_Q, BLOCK_M, H)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o_ptrs = _tile_ptrs(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_on, BLOCK_M, offs_d)
-    do_ptrs = _tile_ptrs(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don, BLOCK_M, offs_d)
-    o = tl.load(o_ptrs, mask=mask, other=0.0)
-    do = tl.load(do_ptrs, mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
+    mask_m = offs_m < N_Q
+    o_base = _slice_base(Out, off_b, off_h, start_m, stride_ob, stride_oh, stride_on)
+    do_base = _slice_base(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don)
+    delta = _rowdot(o_base, do_base, rows, stride_on, stride_don, mask_m, 0, BLOCK_D, HEAD_DIM)
+    if D1 > 0:
+        delta += _rowdot(o_base, do_base, rows, stride_on, stride_don, mask_m, BLOCK_D, D1, HEAD_DIM)
+    if D2 > 0:
+        delta += _rowdot(o_base, do_base, rows, stride_on, stride_don, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
     row_ptrs = pid_bh.to(tl.int64) * N_Q + offs_m
     if HAS_DLSE:
-        delta -= tl.load(DLse + row_ptrs, mask=offs_m < N_Q, other=0.0).to(tl.float32)
-    tl.store(Delta + row_ptrs, delta, mask=offs_m < N_Q)
+        delta -= tl.load(DLse + row_ptrs, mask=mask_m, other=0.0).to(tl.float32)
+    tl.store(Delta + row_ptrs, delta, mask=mask_m)
+
+
+@triton.jit
+def _rowdot(a_base, b_base, rows, stride_a, stride_b, mask_rows, START: tl.constexpr, WIDTH: tl.constexpr,
+            HEAD_DIM: tl.constexpr):
+    """Per row, the fp32 sum over one head-dim chunk of a * b."""
+    a = _load_chunk(a_base, rows, stride_a, mask_rows, START, WIDTH, HEAD_DIM)
+    b = _load_chunk(b_base, rows, stride_b, mask_rows, START, WIDTH, HEAD_DIM)
+    return tl.sum(a.to(tl.float32) * b.to(tl.float32), 1)
 
 
 @triton.jit
@@ -74,25 +97,45 @@ def _attn_bwd_dkdv(
     stride_dvb, stride_dvh, stride_dvn,
     H, N_Q, N_K,
     N_Q_KEY, N_K_KEY,  # autotuning buckets; unused in the body
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
 ):
+    stride_qb, stride_qh, stride_qn = _hint_strides(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
+    stride_kb, stride_kh, stride_kn = _hint_strides(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
+    stride_vb, stride_vh, stride_vn = _hint_strides(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
+    stride_dob, stride_doh, stride_don = _hint_strides(stride_dob, stride_doh, stride_don, STRIDE_ALIGN)
+    stride_dkb, stride_dkh, stride_dkn = _hint_strides(stride_dkb, stride_dkh, stride_dkn, STRIDE_ALIGN)
+    stride_dvb, stride_dvh, stride_dvn = _hint_strides(stride_dvb, stride_dvh, stride_dvn, STRIDE_ALIGN)
     # Works on transposed tiles (keys x queries) so that P^T and dS^T feed tl.dot without a
-    # transpose of the fp32 tiles: dV += P_drop^T dO, dK += dS^T Q.
+    # transpose of the fp32 tiles: dV += P_drop^T dO, dK += dS^T Q. Per head-dim chunk c:
+    # resident k_c, v_c and accumulators dk_c, dv_c; streamed q_c, dO_c. The chunks' dots sum
+    # into one score tile (S^T) and one dP^T tile.
     start_n, pid_bh, off_b, off_h = _program_block(N_K, BLOCK_N, H)
 
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_N)
+    offs_n = start_n + cols
     offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < N_K
-    mask_d = offs_d < HEAD_DIM
-    kv_mask = mask_n[:, None] & mask_d[None, :]
 
-    k_ptrs = _tile_ptrs(K, off_b, off_h, start_n, stride_kb, stride_kh, stride_kn, BLOCK_N, offs_d)
-    v_ptrs = _tile_ptrs(V, off_b, off_h, start_n, stride_vb, stride_vh, stride_vn, BLOCK_N, offs_d)
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    k_base = _slice_base(K, off_b, off_h, start_n, stride_kb, stride_kh, stride_kn)
+    v_base = _slice_base(V, off_b, off_h, start_n, stride_vb, stride_vh, stride_vn)
+    k0 = _load_chunk(k_base, cols, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM)
+    v0 = _load_chunk(v_base, cols, stride_vn, mask_n, 0, BLOCK_D, HEAD_DIM)
+    dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if D1 > 0:
+        k1 = _load_chunk(k_base, cols, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM)
+        v1 = _load_chunk(v_base, cols, stride_vn, mask_n, BLOCK_D, D1, HEAD_DIM)
+        dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
+        dv1 = tl.zeros([BLOCK_N, D1], tl.float32)
+    if D2 > 0:
+        k2 = _load_chunk(k_base, cols, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
+        v2 = _load_chunk(v_base, cols, stride_vn, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
+        dk2 = tl.zeros([BLOCK_N, D2], tl.float32)
+        dv2 = tl.zeros([BLOCK_N, D2], tl.float32)
     q_base = Q + off_b * stride_qb + off_h * stride_qh
     do_base = DOut + off_b * stride_dob + off_h * stride_doh
     row_base = pid_bh.to(tl.int64) * N_Q
@@ -100,37 +143,62 @@ def _attn_bwd_dkdv(
     if DROPOUT:
         drop_scale = 1.0 / (1.0 - dropout_p)
 
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, N_Q, BLOCK_M):
         rows = start_m + offs_m
         mask_m = rows < N_Q
-        q_mask = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_don + offs_d[None, :], mask=q_mask, other=0.0)
+        q0 = _load_chunk(q_base, offs_m, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM)
+        do0 = _load_chunk(do_base, offs_m, stride_don, mask_m, 0, BLOCK_D, HEAD_DIM)
+        if D1 > 0:
+            q1 = _load_chunk(q_base, offs_m, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM)
+            do1 = _load_chunk(do_base, offs_m, stride_don, mask_m, BLOCK_D, D1, HEAD_DIM)
+        if D2 > 0:
+            q2 = _load_chunk(q_base, offs_m, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+            do2 = _load_chunk(do_base, offs_m, stride_don, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
         # lse = +inf on padded query rows makes their probabilities exactly 0.
         lse2 = tl.load(Lse + row_base + rows, mask=mask_m, other=float("inf")) * LOG2E
         delta = tl.load(Delta + row_base + rows, mask=mask_m, other=0.0)
 
-        sT = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION) * qk_scale
-        pT = tl.math.exp2(sT - lse2[None, :])
-        dpT = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
+        sT = dot(k0, tl.trans(q0), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            sT = dot(k1, tl.trans(q1), sT, INPUT_PRECISION)
+        if D2 > 0:
+            sT = dot(k2, tl.trans(q2), sT, INPUT_PRECISION)
+        pT = tl.math.exp2(sT * qk_scale - lse2[None, :])
+        dpT = dot(v0, tl.trans(do0), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            dpT = dot(v1, tl.trans(do1), dpT, INPUT_PRECISION)
+        if D2 > 0:
+            dpT = dot(v2, tl.trans(do2), dpT, INPUT_PRECISION)
         if DROPOUT:
             keep = _dropout_keep(seed, dropout_p, pid_bh, N_Q, N_K, rows[None, :], offs_n[:, None])
-            dv = dot(_cast(tl.where(keep, pT * drop_scale, 0.0), do.dtype), do, dv, INPUT_PRECISION)
+            p_dv = _cast(tl.where(keep, pT * drop_scale, 0.0), do0.dtype)
             dpT = tl.where(keep, dpT * drop_scale, 0.0)
         else:
-            dv = dot(_cast(pT, do.dtype), do, dv, INPUT_PRECISION)
-        dsT = pT * (dpT - delta[None, :])
-        dk = dot(_cast(dsT, q.dtype), q, dk, INPUT_PRECISION)
+            p_dv = _cast(pT, do0.dtype)
+        dv0 = dot(p_dv, do0, dv0, INPUT_PRECISION)
+        if D1 > 0:
+            dv1 = dot(p_dv, do1, dv1, INPUT_PRECISION)
+        if D2 > 0:
+            dv2 = dot(p_dv, do2, dv2, INPUT_PRECISION)
+        dsT = _cast(pT * (dpT - delta[None, :]), q0.dtype)
+        dk0 = dot(dsT, q0, dk0, INPUT_PRECISION)
+        if D1 > 0:
+            dk1 = dot(dsT, q1, dk1, INPUT_PRECISION)
+        if D2 > 0:
+            dk2 = dot(dsT, q2, dk2, INPUT_PRECISION)
         q_base += BLOCK_M * stride_qn
         do_base += BLOCK_M * stride_don
 
-    dk = dk * sm_scale
-    dk_ptrs = _tile_ptrs(DK, off_b, off_h, start_n, stride_dkb, stride_dkh, stride_dkn, BLOCK_N, offs_d)
-    dv_ptrs = _tile_ptrs(DV, off_b, off_h, start_n, stride_dvb, stride_dvh, stride_dvn, BLOCK_N, offs_d)
-    tl.store(dk_ptrs, _cast(dk, DK.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptrs, _cast(dv, DV.dtype.element_ty), mask=kv_mask)
+    dk_base = _slice_base(DK, off_b, off_h, start_n, stride_dkb, stride_dkh, stride_dkn)
+    dv_base = _slice_base(DV, off_b, off_h, start_n, stride_dvb, stride_dvh, stride_dvn)
+    _store_chunk(dk_base, cols, stride_dkn, mask_n, dk0 * sm_scale, 0, BLOCK_D, HEAD_DIM)
+    _store_chunk(dv_base, cols, stride_dvn, mask_n, dv0, 0, BLOCK_D, HEAD_DIM)
+    if D1 > 0:
+        _store_chunk(dk_base, cols, stride_dkn, mask_n, dk1 * sm_scale, BLOCK_D, D1, HEAD_DIM)
+        _store_chunk(dv_base, cols, stride_dvn, mask_n, dv1, BLOCK_D, D1, HEAD_DIM)
+    if D2 > 0:
+        _store_chunk(dk_base, cols, stride_dkn, mask_n, dk2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM)
+        _store_chunk(dv_base, cols, stride_dvn, mask_n, dv2, BLOCK_D + D1, D2, HEAD_DIM)
 
 
 @triton.jit
@@ -144,23 +212,38 @@ def _attn_bwd_dq(
     stride_dqb, stride_dqh, stride_dqn,
     H, N_Q, N_K,
     N_Q_KEY, N_K_KEY,  # autotuning buckets; unused in the body
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
 ):
+    stride_qb, stride_qh, stride_qn = _hint_strides(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
+    stride_kb, stride_kh, stride_kn = _hint_strides(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
+    stride_vb, stride_vh, stride_vn = _hint_strides(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
+    stride_dob, stride_doh, stride_don = _hint_strides(stride_dob, stride_doh, stride_don, STRIDE_ALIGN)
+    stride_dqb, stride_dqh, stride_dqn = _hint_strides(stride_dqb, stride_dqh, stride_dqn, STRIDE_ALIGN)
+    # Per head-dim chunk c: resident q_c, dO_c and accumulator dq_c; streamed k_c, v_c.
     start_m, pid_bh, off_b, off_h = _program_block(N_Q, BLOCK_M, H)
 
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < N_Q
-    mask_d = offs_d < HEAD_DIM
-    q_mask = mask_m[:, None] & mask_d[None, :]
 
-    q_ptrs = _tile_ptrs(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn, BLOCK_M, offs_d)
-    do_ptrs = _tile_ptrs(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don, BLOCK_M, offs_d)
-    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-    do = tl.load(do_ptrs, mask=q_mask, other=0.0)
+    q_base = _slice_base(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn)
+    do_base = _slice_base(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don)
+    q0 = _load_chunk(q_base, rows, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM)
+    do0 = _load_chunk(do_base, rows, stride_don, mask_m, 0, BLOCK_D, HEAD_DIM)
+    dq0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if D1 > 0:
+        q1 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM)
+        do1 = _load_chunk(do_base, rows, stride_don, mask_m, BLOCK_D, D1, HEAD_DIM)
+        dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    if D2 > 0:
+        q2 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+        do2 = _load_chunk(do_base, rows, stride_don, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+        dq2 = tl.zeros([BLOCK_M, D2], tl.float32)
     row_ptrs = pid_bh.to(tl.int64) * N_Q + offs_m
     lse2 = tl.load(Lse + row_ptrs, mask=mask_m, other=0.0) * LOG2E
     delta = tl.load(Delta + row_ptrs, mask=mask_m, other=0.0)
@@ -170,28 +253,47 @@ def _attn_bwd_dq(
     if DROPOUT:
         drop_scale = 1.0 / (1.0 - dropout_p)
 
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, N_K, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < N_K
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION) * qk_scale
+        k0 = _load_chunk(k_base, offs_n, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM)
+        if D1 > 0:
+            k1 = _load_chunk(k_base, offs_n, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM)
+        if D2 > 0:
+            k2 = _load_chunk(k_base, offs_n, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
+        s = dot(q0, tl.trans(k0), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            s = dot(q1, tl.trans(k1), s, INPUT_PRECISION)
+        if D2 > 0:
+            s = dot(q2, tl.trans(k2), s, INPUT_PRECISION)
         # Padded keys were loaded as zeros (score 0, not -inf): zero their probabilities here.
-        p = tl.where(mask_n[None, :], tl.math.exp2(s - lse2[:, None]), 0.0)
-        dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        p = tl.where(mask_n[None, :], tl.math.exp2(s * qk_scale - lse2[:, None]), 0.0)
+        # dO v^T: v is used once per chunk, so it is loaded inside the dot helper.
+        dp = _dot_rows_t(do0, v_base, offs_n, stride_vn, mask_n, 0, BLOCK_D, HEAD_DIM,
+                         tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            dp = _dot_rows_t(do1, v_base, offs_n, stride_vn, mask_n, BLOCK_D, D1, HEAD_DIM, dp, INPUT_PRECISION)
+        if D2 > 0:
+            dp = _dot_rows_t(do2, v_base, offs_n, stride_vn, mask_n, BLOCK_D + D1, D2, HEAD_DIM, dp,
+                             INPUT_PRECISION)
         if DROPOUT:
             keep = _dropout_keep(seed, dropout_p, pid_bh, N_Q, N_K, offs_m[:, None], cols[None, :])
             dp = tl.where(keep, dp * drop_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq = dot(_cast(ds, k.dtype), k, dq, INPUT_PRECISION)
+        ds = _cast(p * (dp - delta[:, None]), k0.dtype)
+        dq0 = dot(ds, k0, dq0, INPUT_PRECISION)
+        if D1 > 0:
+            dq1 = dot(ds, k1, dq1, INPUT_PRECISION)
+        if D2 > 0:
+            dq2 = dot(ds, k2, dq2, INPUT_PRECISION)
         k_base += BLOCK_N * stride_kn
         v_base += BLOCK_N * stride_vn
 
-    dq = dq * sm_scale
-    dq_ptrs = _tile_ptrs(DQ, off_b, off_h, start_m, stride_dqb, stride_dqh, stride_dqn, BLOCK_M, offs_d)
-    tl.store(dq_ptrs, _cast(dq, DQ.dtype.element_ty), mask=q_mask)
+    dq_base = _slice_base(DQ, off_b, off_h, start_m, stride_dqb, stride_dqh, stride_dqn)
+    _store_chunk(dq_base, rows, stride_dqn, mask_m, dq0 * sm_scale, 0, BLOCK_D, HEAD_DIM)
+    if D1 > 0:
+        _store_chunk(dq_base, rows, stride_dqn, mask_m, dq1 * sm_scale, BLOCK_D, D1, HEAD_DIM)
+    if D2 > 0:
+        _store_chunk(dq_base, rows, stride_dqn, mask_m, dq2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM)
 
 
 _attn_bwd_dkdv_tuned = tuned(_attn_bwd_dkdv, "dkdv", _configs.prune_attention_dkdv_configs)
@@ -253,7 +355,7 @@ def attention_bwd(
         out.stride(0), out.stride(1), out.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2),
         H, n_q,
-        HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=pre_block, HAS_DLSE=dlse is not None,
+        **chunk_constexprs(D), BLOCK_M=pre_block, HAS_DLSE=dlse is not None, STRIDE_ALIGN=stride_align(out, dout),
         num_warps=4,
     )
     common = dict(
@@ -263,8 +365,9 @@ def attention_bwd(
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_dob=dout.stride(0), stride_doh=dout.stride(1), stride_don=dout.stride(2),
         H=H, N_Q=n_q, N_K=n_k, **length_keys(n_q, n_k),
-        HEAD_DIM=D, BLOCK_D=block_d(D),
+        **chunk_constexprs(D),
         DROPOUT=dropout_p > 0.0, INPUT_PRECISION=input_precision(q.dtype),
+        STRIDE_ALIGN=stride_align(q, k, v, dout, dq, dk, dv),
     )
     launch(_attn_bwd_dkdv_tuned, n_k, B * H, dict(
         Q=q, K=k, V=v, DOut=dout, Lse=lse, Delta=delta, DK=dk, DV=dv, **common,
@@ -278,18 +381,19 @@ def attention_bwd(
     return dq, dk, dv
 
 
-def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True)) -> list:
-    """dK/dV and dQ in every configuration the autotuner may pick, and the delta pass."""
+def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True), *,
+              family: str = "nvidia") -> list:
+    """dK/dV and dQ in every configuration the autotuner may pick on ``family``, and the delta pass."""
     both = {"Q": None, "K": None, "V": None, "DOut": None, "Lse": torch.float32, "Delta": torch.float32}
-    specs = (dot_kernel_specs("dkdv", _attn_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims, dropout)
-             + dot_kernel_specs("dq", _attn_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout))
+    specs = (dot_kernel_specs("dkdv", _attn_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims, dropout,
+                              family=family)
+             + dot_kernel_specs("dq", _attn_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout, family=family))
     for dtype in dtypes:
         for head_dim in head_dims:
             specs.append(aot_spec(
                 f"_attn_bwd_preprocess_d{head_dim}_{dtype_tag(dtype)}", _attn_bwd_preprocess,
                 pointers={"Out": dtype, "DOut": dtype, "DLse": torch.float32, "Delta": torch.float32},
-                constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d(head_dim),
-                            "BLOCK_M": _preprocess_block(head_dim), "HAS_DLSE": False},
-                aligned=[a for a in _attn_bwd_preprocess.arg_names if a.startswith("stride_")],
-                num_warps=4, mma=False))
+                constexprs={**kernel_head_dim(_attn_bwd_preprocess, head_dim), "BLOCK_M": _preprocess_block(head_dim),
+                            "HAS_DLSE": False},
+                aligned=aligned_strides(_attn_bwd_preprocess, head_dim), num_warps=4, mma=False))
     return specs

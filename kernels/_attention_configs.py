@@ -1,0 +1,211 @@
+"""Launch configurations of the attention kernels (kernels/attention.py, attention_bwd.py, and
+the varlen kernels that share their filters), per architecture family, pruned by named filters.
+Re-exported by ``kernels/_configs.py``, the one place every kernel family's configurations are
+looked up; split out because the per-family lists made that file too long to read.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import triton
+
+from ._autotune import config_key, merged_args
+
+# ============================================================================================
+# attention (kernels/attention.py, kernels/attention_bwd.py)
+# ============================================================================================
+# Three autotuned kernels: the forward and dQ (a block of BLOCK_M queries against all keys) and
+# dK/dV (a block of BLOCK_N keys against all queries). Autotune keys: next power of two of Nq
+# and Nk, head_dim, dropout, dot precision, and the dtype (added by the autotuner). Each
+# architecture family has its candidate list; the autotuner's list is their union, and the named
+# prune filters keep the launching device's family's candidates that ``attention_config_fits``
+# accepts at the head dim's width (the sum of its power-of-two chunks, ``attention_width``),
+# dtype and dropout; ``attention_configs`` is what survives, and ``aot_specs(family=...)``
+# compiles exactly that (tests/test_attention_compile.py: no spills, shared memory / LDS within
+# the limit, matrix instructions; ``fastvit compile-report`` for every architecture).
+#
+# Families:
+#   "nvidia"     sm_80, sm_86, sm_89, sm_90, sm_120: warp 32, mma.sync (warpgroup MMA on sm_90
+#                for 64+ row tiles), 99 KB of shared memory per block (sm_86/89/120).
+#   "blackwell"  sm_100 (B200/GB200): tcgen05 MMA, whose full-rate shape has M = 128 rows per
+#                CTA with the accumulator in tensor memory; Triton's own Blackwell attention and
+#                matmul tuning leads with 128-row tiles, so ours does, then the "nvidia" list.
+#   "amd"        gfx90a, gfx942, gfx950 (AMD Instinct): wavefront 64, so a tile spreads over
+#                twice the threads of a CUDA warp of the same num_warps; 64 KiB of LDS per
+#                workgroup budget (gfx90a/gfx942; gfx950 has 160 KiB). Compile hints:
+#                ``matrix_instr_nonkdim=16`` (16x16 MFMA: a 16-column head-dim chunk is a dot
+#                dimension of 16, which the 32x32 MFMA cannot tile) and ``waves_per_eu`` (the
+#                occupancy the register allocator aims for: 2 for 4-wave 128-row tiles, as AMD's
+#                own FlashAttention configurations use, so each wave may hold up to 256 VGPRs).
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages[, waves_per_eu]) before pruning, in order of
+# preference; every tl.dot dimension stays >= 16, and tiles along tokens are 16..128 (the varlen
+# kernels' block table has one row per size). The first ATTENTION_MAX_CONFIGS that pass the
+# filter are tuned over: typically a 128-row and a 64-row tile.
+_NVIDIA = {
+    "fwd": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 8, 2),
+            (32, 32, 4, 2), (16, 16, 4, 2)],
+    "dq": [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2), (64, 32, 4, 3), (64, 32, 8, 2), (32, 32, 8, 2),
+           (32, 32, 4, 2), (16, 16, 4, 2)],
+    "dkdv": [(32, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2),
+             (16, 16, 4, 2)],
+}
+_BLACKWELL = {
+    "fwd": [(128, 64, 4, 3), (128, 32, 4, 3)] + _NVIDIA["fwd"],
+    "dq": [(128, 64, 4, 3), (128, 32, 4, 3)] + _NVIDIA["dq"],
+    "dkdv": [(32, 128, 4, 3), (16, 128, 4, 3)] + _NVIDIA["dkdv"],
+}
+_AMD = {
+    "fwd": [(128, 64, 4, 2, 2), (128, 32, 4, 2, 2), (64, 64, 4, 2, 2), (64, 32, 4, 2, 2), (64, 32, 4, 1, 1),
+            (32, 32, 4, 1, 1), (16, 16, 4, 1, 1)],
+    "dq": [(128, 64, 4, 2, 2), (128, 32, 4, 2, 2), (64, 64, 4, 2, 2), (64, 32, 4, 2, 2), (64, 32, 4, 1, 1),
+           (32, 32, 4, 1, 1), (16, 16, 4, 1, 1)],
+    "dkdv": [(32, 128, 4, 2, 2), (32, 64, 4, 2, 2), (16, 64, 4, 2, 2), (32, 32, 4, 1, 1), (16, 32, 4, 1, 1),
+             (16, 16, 4, 1, 1)],
+}
+AMD_MATRIX_INSTR_NONKDIM = 16
+
+
+class ArchFamily(NamedTuple):
+    name: str
+    warp_size: int
+    smem_budget: int       # shared memory (LDS) per block every architecture of the family allows
+    candidates: dict
+
+
+# Shared memory budget per block: sm_86/sm_89/sm_120 allow 99 KB (sm_80 163 KB, sm_90/sm_100
+# 227 KB), so every kept configuration launches on any NVIDIA GPU of the family.
+ATTENTION_SMEM_BUDGET = 99 * 1024
+ARCH_FAMILIES = {
+    "nvidia": ArchFamily("nvidia", 32, ATTENTION_SMEM_BUDGET, _NVIDIA),
+    "blackwell": ArchFamily("blackwell", 32, ATTENTION_SMEM_BUDGET, _BLACKWELL),
+    "amd": ArchFamily("amd", 64, 64 * 1024, _AMD),
+}
+ATTENTION_MAX_CONFIGS = 2
+ATTENTION_KERNELS = tuple(_NVIDIA)
+# fp32 values per thread the live tiles may hold (see attention_config_fits), calibrated on
+# ptxas -v for sm_80 and sm_90 at head_dim 64, 80 and 128, fp16, with and without dropout: at
+# <= 96 nothing spilled, at 112-128 most configurations did. With dropout, a score tile of 16
+# values per thread spilled in dK/dV and 8 did not; in the forward and dQ 16 did not.
+ATTENTION_MAX_TILE_VALUES = 96
+ATTENTION_MAX_DROPOUT_VALUES = 16
+# fp32 (ieee dots on CUDA cores; head_dim 16-256): at <= 80 values with operands at most 32 bytes
+# spilled; at 96-112, hundreds of bytes to 40 KB.
+ATTENTION_MAX_FP32_VALUES = 80
+
+
+def arch_family(target: str) -> str:
+    """The family of a compile target: ``"sm_100"`` -> "blackwell", ``"gfx942"`` -> "amd",
+    other ``sm_<cc>`` -> "nvidia"."""
+    target = str(target).lower()
+    if target.startswith("gfx"):
+        return "amd"
+    cc = int(target.removeprefix("sm_").removesuffix("a"))
+    return "blackwell" if 100 <= cc < 110 else "nvidia"
+
+
+def device_family(device) -> str:
+    """The family of the GPU a launch runs on. A CPU device (Triton's interpreter, where the GPU
+    path is only simulated) counts as "nvidia"."""
+    import torch
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "nvidia"
+    if torch.version.hip is not None:
+        return "amd"
+    major, _ = torch.cuda.get_device_capability(device)
+    return "blackwell" if major == 10 else "nvidia"
+
+
+def _attention_config(m: int, n: int, warps: int, stages: int, waves_per_eu: int | None = None) -> triton.Config:
+    # AMD's hints ride in the kwargs, as on Triton's AMD backend: launch and compile read every
+    # keyword that is not a kernel argument as a compile option.
+    hints = {} if waves_per_eu is None else {"waves_per_eu": waves_per_eu,
+                                             "matrix_instr_nonkdim": AMD_MATRIX_INSTR_NONKDIM}
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, **hints}, num_warps=warps, num_stages=stages)
+
+
+def attention_width(dims: dict) -> int:
+    """Head-dim columns a kernel computes on, from its head-dim constexprs: BLOCK_D plus the
+    further chunks D1, D2 (absent, or 0, for a single chunk)."""
+    return int(dims["BLOCK_D"]) + int(dims.get("D1") or 0) + int(dims.get("D2") or 0)
+
+
+def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages: int, block_d: int,
+                            elem: int) -> int:
+    """Shared memory of the pipelined loads as Triton lays them out on sm_90 (sm_80 uses one
+    stage less): the streamed pair (k, v, or q, dO for dK/dV) once per stage, plus the resident
+    tiles (q; q, dO; k, v). ``block_d``: the head-dim width computed on."""
+    streamed = block_n if kernel in ("fwd", "dq") else block_m
+    resident_rows = {"fwd": block_m, "dq": 2 * block_m, "dkdv": 2 * block_n}[kernel]
+    return (num_stages * 2 * streamed + resident_rows) * block_d * elem
+
+
+def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: int, num_stages: int,
+                          block_d: int, elem: int, dropout: bool = False, *, family: str = "nvidia") -> bool:
+    """The filter behind the attention prune functions; ``block_d`` is the head-dim width
+    computed on (``attention_width``), threads are num_warps x the family's warp size.
+
+    Registers: per thread, the fp32 accumulators (BLOCK x width: o or dq; dk and dv) plus two
+    score-sized tiles (s and p, or p and dp) must stay <= ATTENTION_MAX_TILE_VALUES. fp32 inputs
+    run ieee dots on CUDA cores with the operand tiles (q, k, v, dO) in registers too: those
+    count, against ATTENTION_MAX_FP32_VALUES.
+    Dropout draws Philox state (four words) per score element: the score tile per thread must
+    stay <= ATTENTION_MAX_DROPOUT_VALUES, halved for dK/dV, whose keep mask is live across two dots.
+    Shared memory: ``attention_smem_estimate`` <= the family's budget.
+    """
+    fam = ARCH_FAMILIES[family]
+    threads = fam.warp_size * num_warps
+    accumulators = 2 * block_n * block_d if kernel == "dkdv" else block_m * block_d
+    score = block_m * block_n // threads
+    values = accumulators // threads + 2 * score
+    if elem < 4:
+        if values > ATTENTION_MAX_TILE_VALUES:
+            return False
+    else:
+        operand_rows = block_m + 2 * block_n if kernel == "fwd" else 2 * (block_m + block_n)
+        if values + operand_rows * block_d // threads > ATTENTION_MAX_FP32_VALUES:
+            return False
+    if dropout and score > ATTENTION_MAX_DROPOUT_VALUES // (2 if kernel == "dkdv" else 1):
+        return False
+    return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem) <= fam.smem_budget
+
+
+def attention_configs(kernel: str, block_d: int, dtype, dropout: bool = False, *,
+                      family: str = "nvidia") -> list[triton.Config]:
+    """The configurations the autotuner may pick for ``kernel`` on ``family`` at a head-dim width
+    (``attention_width``), dtype and dropout (never empty: the last, lightest candidate if the
+    filter keeps nothing)."""
+    elem = dtype.itemsize
+    cands = ARCH_FAMILIES[family].candidates[kernel]
+    kept = [c for c in cands if attention_config_fits(kernel, *c[:4], block_d, elem, dropout, family=family)]
+    kept = kept[:ATTENTION_MAX_CONFIGS] or [cands[-1]]
+    return [_attention_config(*c) for c in kept]
+
+
+# The autotuner's one candidate list per kernel: every family's, once.
+ATTENTION_CONFIGS = {kernel: list({config_key(c): c for c in (
+    _attention_config(*cand) for fam in ARCH_FAMILIES.values() for cand in fam.candidates[kernel])}.values())
+    for kernel in ATTENTION_KERNELS}
+
+
+def _prune_attention(kernel: str, configs, named_args, kwargs):
+    args = merged_args(named_args, kwargs)
+    keep = {config_key(c) for c in attention_configs(kernel, attention_width(args), args["Q"].dtype,
+                                                      bool(args["DROPOUT"]), family=device_family(args["Q"].device))}
+    return [c for c in configs if config_key(c) in keep]
+
+
+def prune_attention_fwd_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of the forward: ``attention_configs("fwd", ...)`` for the launch."""
+    return _prune_attention("fwd", configs, named_args, kwargs)
+
+
+def prune_attention_dkdv_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of dK/dV: ``attention_configs("dkdv", ...)`` for the launch."""
+    return _prune_attention("dkdv", configs, named_args, kwargs)
+
+
+def prune_attention_dq_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of dQ: ``attention_configs("dq", ...)`` for the launch."""
+    return _prune_attention("dq", configs, named_args, kwargs)
