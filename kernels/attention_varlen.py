@@ -155,6 +155,8 @@ def _varlen_fwd(
         m_i = m_new
         k_base += BLOCK_N * stride_kt
         v_base += BLOCK_N * stride_vt
+    # l_i >= 1 on every row a program stores; surplus programs (no keys) divide by 1, not 0.
+    l_i = tl.where(l_i > 0.0, l_i, 1.0)
     acc = acc / l_i[:, None]
     if DROPOUT:
         acc = acc * (1.0 / (1.0 - dropout_p))
