@@ -150,9 +150,12 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.probe: Optional[AttentionProbe] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing=None) -> torch.Tensor:
+        """x (B, N, C); or packed images (1, T, C) with their ``packing`` (fastvit.packed)."""
         qkv = self.qkv(x)
         p = self.attn_drop.p if self.training else 0.0
+        if packing is not None:
+            return self.proj_drop(self.proj(self._packed(qkv, packing, p)))
         if isinstance(self.q_norm, LayerNorm):
             # q and k normalised per head (two LayerNorm launches), then attention on the views.
             q, k, v = self.split_qkv(qkv)
@@ -167,6 +170,21 @@ class Attention(nn.Module):
             q, k, _ = self.split_qkv(qkv)
             self.probe(self, q, k, lse)
         return self.proj_drop(self.proj(out))
+
+    def _packed(self, qkv: torch.Tensor, packing, p: float) -> torch.Tensor:
+        # each image attends to itself only: variable-length attention, no padding
+        if self.probe is not None:
+            raise ValueError("attention maps are computed on image batches (B, C, H, W), not on packed lists")
+        T = qkv.shape[1]
+        kwargs = dict(dropout_p=p, scale=self.scale, backend=self.backend)
+        if isinstance(self.q_norm, LayerNorm):
+            q, k, v = qkv.view(T, 3, self.num_heads, self.head_dim).unbind(1)
+            out = ops.varlen_attention(self.q_norm(q), self.k_norm(k), v, packing.cu_seqlens, packing.max_seqlen,
+                                       **kwargs)
+        else:
+            out = ops.varlen_qkv_attention(qkv.view(T, -1), self.num_heads, packing.cu_seqlens, packing.max_seqlen,
+                                           **kwargs)
+        return out.reshape(1, T, -1)
 
     def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, H, N, D) views of the packed qkv (B, N, 3*H*D)."""
@@ -250,10 +268,11 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, pending: Pending | None = None) -> tuple[torch.Tensor, Pending]:
+    def forward(self, x: torch.Tensor, pending: Pending | None = None, packing=None) -> tuple[torch.Tensor, Pending]:
+        """``packing`` (fastvit.packed.Packing) when x holds the packed tokens of several images."""
         if pending is None:
             h, y = x, self.norm1(x)
         else:
             h, y = self.norm1.forward_add(x, pending.branch, pending.scale)
-        h, y = self.norm2.forward_add(h, self.drop_path1(self.attn(y)), _gamma(self.ls1))
+        h, y = self.norm2.forward_add(h, self.drop_path1(self.attn(y, packing)), _gamma(self.ls1))
         return h, Pending(self.drop_path2(self.mlp(y)), _gamma(self.ls2))

@@ -7,11 +7,13 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from . import ops as _ops
-from . import reference
+from . import packed, reference
 from .backend import check_backend, resolve_backend
+from .eva import EvaBlock, check_eva_options
 from .layers import Block, LayerNorm, LayerScale, PatchEmbed, Pending, pair, probe_attention, set_backend
 from .pooling import GLOBAL_POOLS, AttentionPoolLatent, pool_tokens
 from .pos_embed import resample_pos_embed
+from .rope import RotaryTables, as_rope_config
 from .variants import VariantConfig, count_params, list_models, model_config  # noqa: F401  (re-exported)
 
 LN_EPS = 1e-6  # timm's and torchvision's ViT LayerNorm eps
@@ -32,6 +34,14 @@ class FastViT(nn.Module):
     for "avg"), ``act_layer`` in "gelu", "gelu_tanh", "quick_gelu" (or ``gelu_approximate`` in
     "none", "tanh", "quick"), ``norm_eps``. Any input size divisible by the patch works: position
     embeddings are resampled on the fly (timm's ``dynamic_img_size``).
+
+    timm's ``Eva`` options (EVA-02, DINOv3, vit_*_rope_*; ``fastvit.eva``): ``rope`` (rotary
+    position embeddings: "eva02", "dinov3", a ``fastvit.rope.RopeConfig`` or a dict of its
+    fields; tables computed for each input's patch grid and cached), ``mlp_layer`` in "mlp",
+    "swiglu" (fc1_g, fc1_x), "swiglu_packed" (one fc1), ``scale_mlp`` (a LayerNorm inside the
+    MLP), ``qkv_fused`` (False: q_proj, k_proj, v_proj), ``pos_embed`` ("learn" or "none"). With
+    any of the first four, the blocks are timm's ``EvaBlock`` with its names (``gamma_1``,
+    ``gamma_2``, ``attn.q_bias``, ``attn.v_bias``): ``load_state_dict`` of the timm ``Eva`` works.
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
@@ -39,8 +49,12 @@ class FastViT(nn.Module):
                  proj_drop_rate=0.0, drop_path_rate=0.0, global_pool="token", gelu_approximate=None,
                  backend="auto", *, qk_norm=False, proj_bias=True, init_values=None, class_token=True,
                  reg_tokens=0, no_embed_class=False, dist_token=False, pre_norm=False, fc_norm=None,
-                 act_layer=None, norm_eps=LN_EPS):
+                 act_layer=None, norm_eps=LN_EPS, rope=None, mlp_layer="mlp", scale_mlp=False, qkv_fused=True,
+                 pos_embed="learn"):
         super().__init__()
+        rope = as_rope_config(rope)
+        eva = check_eva_options(rope, mlp_layer, scale_mlp, qkv_fused, pos_embed, qk_norm, proj_bias,
+                                 embed_dim // num_heads)
         approximate = _activation(act_layer, gelu_approximate)
         _check_config(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                       embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -69,12 +83,21 @@ class FastViT(nn.Module):
             self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if dist_token else None
             self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
             embedded = 0 if no_embed_class else self.num_prefix_tokens
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + embedded, embed_dim))
+            self.pos_embed = (nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + embedded, embed_dim))
+                              if pos_embed == "learn" else None)
             self.pos_drop = nn.Dropout(drop_rate)
             self.norm_pre = LayerNorm(embed_dim, eps=norm_eps, backend=backend) if pre_norm else nn.Identity()
             # stochastic depth grows linearly with depth, 0 for the first block
             dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+            self.rope = RotaryTables(rope, embed_dim // num_heads) if rope is not None else None
             self.blocks = nn.ModuleList([
+                EvaBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, qkv_fused=qkv_fused, mlp_layer=mlp_layer,
+                         scale_mlp=scale_mlp, num_prefix_tokens=self.num_prefix_tokens,
+                         rope_pairing=rope.pairing if rope is not None else "interleaved", proj_drop=proj_drop_rate,
+                         attn_drop=attn_drop_rate, drop_path=dpr[i], init_values=init_values,
+                         gelu_approximate=approximate, eps=norm_eps, backend=backend)
+                for i in range(depth)
+            ] if eva else [
                 Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, qk_norm=qk_norm, proj_bias=proj_bias,
                       proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
                       gelu_approximate=approximate, eps=norm_eps, backend=backend)
@@ -116,7 +139,7 @@ class FastViT(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (AttentionPoolLatent, LayerScale)):
+            elif isinstance(m, (AttentionPoolLatent, LayerScale, EvaBlock)):
                 m.init_weights()
 
     # -- configuration -------------------------------------------------------------------------
@@ -142,10 +165,11 @@ class FastViT(nn.Module):
         img_size = pair(img_size)
         _check_divisible(img_size, self.patch_size, "img_size")
         new_grid = (img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1])
-        with torch.no_grad():
-            pos = resample_pos_embed(self.pos_embed.data, new_grid, self.patch_embed.grid_size,
-                                     self._embedded_prefix())
-        self.pos_embed = nn.Parameter(pos)
+        if self.pos_embed is not None:
+            with torch.no_grad():
+                pos = resample_pos_embed(self.pos_embed.data, new_grid, self.patch_embed.grid_size,
+                                         self._embedded_prefix())
+            self.pos_embed = nn.Parameter(pos)
         self.patch_embed.img_size = img_size
         self.patch_embed.grid_size = new_grid
         self.patch_embed.num_patches = new_grid[0] * new_grid[1]
@@ -171,9 +195,11 @@ class FastViT(nn.Module):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         grid = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
         x = self.patch_embed(x)
-        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self._embedded_prefix())
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token)
                   if t is not None]
+        if self.pos_embed is None:  # rotary position embeddings only (DINOv3, vit_*_rope_*)
+            return self.pos_drop(torch.cat(prefix + [x], dim=1) if prefix else x)
+        pos = resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size, self._embedded_prefix())
         if self.no_embed_class:  # DeiT-III, DINOv2 with registers: embed the patches, then prepend
             x = torch.cat(prefix + [x + pos], dim=1) if prefix else x + pos
         else:  # the original ViT: prepend, then embed every token
@@ -192,22 +218,43 @@ class FastViT(nn.Module):
         layout["patches"] = slice(i, None)
         return layout
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, C, H, W) -> normalised tokens (B, prefix + H/P * W/P, D)."""
+    def forward_features(self, x):
+        """Image batch (B, C, H, W) -> normalised tokens (B, prefix + H/P * W/P, D).
+
+        A list of (C, H_i, W_i) images of any sizes -> ``(tokens (T, D), cu_seqlens (n + 1,))``:
+        every image's tokens packed without padding, image i at ``tokens[cu[i]:cu[i+1]]``."""
+        if isinstance(x, (list, tuple)):
+            tokens, packing = self._forward_packed(x)
+            return tokens[0], packing.cu_seqlens
         self.check_input(x)
+        return self._blocks(self._embed(x), rope=self._rope_tables(x))
+
+    def _rope_tables(self, x: torch.Tensor):
+        """The rotary (cos, sin) of the image batch's patch grid, or None without rope."""
+        if self.rope is None:
+            return None
+        return self.rope((x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]), x.device)
+
+    def _blocks(self, x: torch.Tensor, packing=None, rope=None) -> torch.Tensor:
         # Every residual add rides in the LayerNorm after it (Block's docstring); the embedding
-        # gets no local name, so the first block's output replaces it in memory.
-        x, pending = self.norm_pre(self._embed(x)), None
+        # gets no local name in the caller, so the first block's output replaces it in memory.
+        x, pending = self.norm_pre(x), None
         for blk in self.blocks:
-            x, pending = self._run(blk, x, pending)
+            x, pending = self._run(blk, x, pending, packing, rope)
         if isinstance(self.norm, LayerNorm):
             return self.norm.forward_add(x, pending.branch, pending.scale)[1]
         return pending.add_to(x)
 
-    def _run(self, blk: Block, x: torch.Tensor, pending: Pending | None):
+    def _forward_packed(self, images):
+        images = packed.check_images(self, images)
+        x, packing = packed.embed_images(self, images)
+        return self._blocks(x, packing), packing
+
+    def _run(self, blk: Block, x: torch.Tensor, pending: Pending | None, packing=None, rope=None):
+        args = (x, pending, packing) if rope is None else (x, pending, packing, rope)  # rope: EvaBlock
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, x, pending, use_reentrant=False)
-        return blk(x, pending)
+            return checkpoint(blk, *args, use_reentrant=False)
+        return blk(*args)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         """Tokens -> pooled features (``pre_logits``) or logits, as timm's ``forward_head``.
@@ -231,7 +278,12 @@ class FastViT(nn.Module):
         self.distilled_training = bool(enable)
         return self
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x):
+        """Logits (B, num_classes) of an image batch (B, C, H, W), or (len(x), num_classes) of a
+        list of (C, H_i, W_i) images of different sizes (packed: no padding, see fastvit.packed)."""
+        if isinstance(x, (list, tuple)):
+            tokens, packing = self._forward_packed(x)
+            return packed.forward_head_packed(self, tokens[0], packing)
         return self.forward_head(self.forward_features(x))
 
     # -- attention maps ------------------------------------------------------------------------
