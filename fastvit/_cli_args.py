@@ -73,17 +73,18 @@ def positive_int(text: str) -> int:
     return v
 
 
-def archs(text: str) -> list[int]:
-    from .profiling.compile_report import ARCH_LIMITS
+def archs(text: str) -> list[str]:
+    """``sm_80,sm_90,sm_100,gfx942`` -> canonical names (``sm_90a`` and ``90`` read as ``sm_90``)."""
+    from .profiling.arch_limits import ARCH_LIMITS, arch_name
     found = []
-    for item in (v.strip().lower() for v in text.split(",") if v.strip()):
-        digits = item.removeprefix("sm_").removeprefix("sm").removesuffix("a")
-        if not digits.isdigit() or int(digits) not in ARCH_LIMITS:
-            supported = ", ".join(f"sm_{a}" for a in sorted(ARCH_LIMITS))
-            raise argparse.ArgumentTypeError(f"unknown architecture {item!r} (supported: {supported})")
-        found.append(int(digits))
+    for item in (v.strip() for v in text.split(",") if v.strip()):
+        try:
+            found.append(arch_name(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"unknown architecture {item!r} (supported: "
+                                             f"{', '.join(ARCH_LIMITS)})") from None
     if not found:
-        raise argparse.ArgumentTypeError(f"expected e.g. sm_80,sm_90; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected e.g. sm_80,sm_90,gfx942; got {text!r}")
     return list(dict.fromkeys(found))
 
 

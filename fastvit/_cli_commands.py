@@ -167,28 +167,41 @@ def cmd_bench(args) -> int:
 
 
 def cmd_compile_report(args) -> int:
-    from .profiling.compile_report import CompileReportError, collect_specs, format_table, report
+    from .profiling import head_dim_report
+    from .profiling.arch_limits import arch_name
+    from .profiling.compile_report import CompileReportError, collect_arch_specs, format_table, report, report_pairs
 
-    collected = collect_specs(args.kernels)
-    specs = [s for s in collected.specs if args.name is None or args.name in s["name"]]
-    if not specs:
-        why = "; ".join(f"{k}: {v}" for k, v in collected.skipped.items())
+    archs = [arch_name(a) for a in args.arch]
+    pairs, skipped = collect_arch_specs(args.kernels, archs)
+    pairs = [(s, a) for s, a in pairs if args.name is None or args.name in s.name]
+    if not pairs:
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         raise CLIError(f"no kernel configuration matches"
                        f"{f' --name {args.name!r}' if args.name else ''}{f' ({why})' if why else ''}")
-    print(f"compiling {len(specs)} configuration(s) for {', '.join(f'sm_{a}' for a in args.arch)} ...",
-          file=sys.stderr)
+    # The head-dim scaling table: a full report of the attention kernels, on architectures whose
+    # matrix instruction has one shape (there the count measures work).
+    scaling_archs = [a for a in archs if head_dim_report.fixed_shape_mma(a)] \
+        if "attention" in args.kernels and args.name is None else []
+    scaling_specs = {a: head_dim_report.specs(a) for a in scaling_archs}
+    n_scaling = sum(len(v) for v in scaling_specs.values())
+    print(f"compiling {len(pairs) + n_scaling} configuration(s) for {', '.join(archs)} ...", file=sys.stderr)
     try:
-        reports = report(specs, args.arch)
+        reports = report_pairs(pairs)
+        scaling = head_dim_report.rows([r for a, specs in scaling_specs.items() for r in report(specs, [a])])
     except CompileReportError as exc:
         print(f"fastvit compile-report: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        _emit_json({"archs": [f"sm_{a}" for a in args.arch], "reports": [r.to_dict() for r in reports],
-                    "skipped": collected.skipped})
+        _emit_json({"archs": archs, "reports": [r.to_dict() for r in reports], "skipped": skipped,
+                    "head_dim_scaling": scaling})
     else:
         print(format_table(reports))
-        for k, v in collected.skipped.items():
+        for k, v in skipped.items():
             print(f"(skipped {k}: {v})")
+        if scaling:
+            print("\nHead-dim scaling (measured: matrix instructions per program, same tile, over head dim 64; "
+                  "modelled: chunked = head dim rounded up to 16 over 64, padded = next power of two over 64)\n")
+            print(head_dim_report.format_markdown(scaling))
     return 0
 
 

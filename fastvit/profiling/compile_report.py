@@ -2,11 +2,14 @@
 
 Each kernel module in ``fastvit.kernels`` exposes ``aot_specs()``: ``AotSpec``s
 (``fastvit/kernels/_aot.py``) naming a ``@triton.jit`` function, its argument types, its
-compile-time constants and its launch configuration. This module compiles each spec for a
-chosen NVIDIA architecture with Triton's own pipeline (``triton.compile`` on an ``ASTSource``
-for a ``GPUTarget``; no driver involved) and reads the result with the tools shipped in the
-Triton wheel (``fastvit.profiling.kernel_report``); architecture limits and occupancy live in
-``fastvit.profiling.arch_limits``.
+compile-time constants and its launch configuration (a module whose configurations differ per
+architecture family takes ``family=``: the attention kernels). This module compiles each spec
+for a chosen architecture with Triton's own pipeline (``triton.compile`` on an ``ASTSource``
+for a ``GPUTarget``; no driver involved): NVIDIA ``GPUTarget("cuda", <cc>, 32)`` (PTX and cubin,
+read with the tools shipped in the Triton wheel) and AMD ``GPUTarget("hip", "gfx942", 64)``
+(AMDGCN and hsaco in the compiled kernel's ``asm``, compiled by the LLVM inside the wheel: no
+ROCm needed); ``fastvit.profiling.kernel_report`` reads both, ``fastvit.profiling.arch_limits``
+holds architecture limits and occupancy.
 
 Under ``TRITON_INTERPRET=1`` (the test suite), ``@triton.jit`` returns interpreter objects, and so
 do Triton's own helpers (``tl.max``, ``tl.cdiv``, ...), and ``fastvit.kernels._interpret`` reports
@@ -21,6 +24,7 @@ compiles across processes cheap, and it is safe for concurrent processes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -35,14 +39,15 @@ import threading
 from typing import Iterable, NamedTuple, Sequence
 
 from ..kernels._aot import AotSpec, python_function
-from .arch_limits import ARCH_LIMITS, KIB, ArchLimits, limits, occupancy, occupancy_details
-from .kernel_report import KernelReport, analyse, count_sass_opcodes, parse_ptxas_log, tool_paths
+from .arch_limits import (ARCH_LIMITS, KIB, ArchLimits, arch_name, compute_capability, is_amd, limits, occupancy,
+                          occupancy_details)
+from .kernel_report import KernelReport, analyse, analyse_amd, count_sass_opcodes, parse_ptxas_log, tool_paths
 
 # Re-exported: the CLI and earlier callers import these from here.
 __all__ = [
-    "ARCH_LIMITS", "ArchLimits", "CompileReportError", "KernelReport", "collect_specs", "compile_spec",
-    "count_sass_opcodes", "format_table", "occupancy", "occupancy_details", "parse_ptxas_log", "report",
-    "tool_paths",
+    "ARCH_LIMITS", "ArchLimits", "CompileReportError", "KernelReport", "arch_name", "collect_arch_specs",
+    "collect_specs", "compile_spec", "count_sass_opcodes", "format_table", "occupancy", "occupancy_details",
+    "parse_ptxas_log", "report", "report_pairs", "tool_paths",
 ]
 
 KERNEL_MODULES = ("attention", "layer_norm", "linear_gelu")
@@ -82,11 +87,22 @@ def _jit_usable_here() -> bool:
     return not knobs.runtime.interpret and isinstance(tl.cdiv, JITFunction)
 
 
-def _job(spec: AotSpec, arch: int) -> dict:
+def _describe(spec: AotSpec) -> dict:
+    """What a report row says the spec is: its head dim (the HEAD_DIM constexpr, if any), its
+    element type (the first tensor argument's) and its configuration (every constexpr but the
+    optional tensors left out, and the compile options)."""
+    dtype = next((t[1:] for t in spec.signature.values() if t.startswith("*")), None)
+    head_dim = spec.constexprs.get("HEAD_DIM")
+    config = {k: v for k, v in spec.constexprs.items() if v is not None and k != "HEAD_DIM"}
+    return {"head_dim": head_dim if isinstance(head_dim, int) else None, "dtype": dtype,
+            "config": {**config, **spec.options}}
+
+
+def _job(spec: AotSpec, arch) -> dict:
     """A picklable description of one compile: the kernel named by module and qualified name.
     (The spec validated its signature against the kernel's arguments when it was built.)"""
     _check_spec(spec)
-    limits(arch)
+    arch = arch_name(arch)
     pyfn = python_function(spec.fn)
     try:
         source_hash = hashlib.sha256(inspect.getsource(pyfn).encode()).hexdigest()[:16]
@@ -96,14 +112,15 @@ def _job(spec: AotSpec, arch: int) -> dict:
         "name": spec.name, "module": pyfn.__module__, "qualname": pyfn.__qualname__,
         "file": inspect.getsourcefile(pyfn) or pyfn.__code__.co_filename, "signature": dict(spec.signature),
         "constexprs": dict(spec.constexprs), "aligned": list(spec.aligned), "num_warps": spec.num_warps,
-        "num_stages": spec.num_stages, "arch": arch, "source_hash": source_hash,
+        "num_stages": spec.num_stages, "arch": arch, "source_hash": source_hash, "options": dict(spec.options),
+        "describe": _describe(spec),
     }
 
 
 def _job_key(job: dict) -> tuple:
     return (job["module"], job["qualname"], job["file"], job["source_hash"], repr(sorted(job["signature"].items())),
             repr(sorted(job["constexprs"].items())), tuple(sorted(job["aligned"])), job["num_warps"],
-            job["num_stages"], job["arch"], job["name"])
+            job["num_stages"], job["arch"], job["name"], repr(sorted(job["options"].items())))
 
 
 def _resolve(job: dict):
@@ -142,11 +159,21 @@ def _compile_job(job: dict, fn=None) -> KernelReport:
              if job["signature"].get(k) != "constexpr"}
     src = triton.compiler.ASTSource(jit, job["signature"], job["constexprs"], attrs)
     options = {"num_warps": job["num_warps"], "num_stages": job["num_stages"]}
-    kernel = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32), options=options)
-    meta = kernel.metadata
-    return analyse(job["name"], meta.name, job["arch"], job["num_warps"], job["num_stages"], kernel.asm["ptx"],
-                    kernel.asm["cubin"], int(meta.shared), bool(getattr(meta, "enable_fp_fusion", True)),
-                    getattr(meta, "ptx_options", None))
+    arch = job["arch"]
+    if is_amd(arch):
+        # AMD hints (waves_per_eu, matrix_instr_nonkdim) are options of the hip backend only.
+        kernel = triton.compile(src, target=GPUTarget("hip", arch, limits(arch).warp_size),
+                                options={**options, **job["options"]})
+        meta = kernel.metadata
+        rep = analyse_amd(job["name"], meta.name, arch, job["num_warps"], job["num_stages"], kernel.asm["amdgcn"],
+                          kernel.asm["hsaco"], int(meta.shared))
+    else:
+        kernel = triton.compile(src, target=GPUTarget("cuda", compute_capability(arch), 32), options=options)
+        meta = kernel.metadata
+        rep = analyse(job["name"], meta.name, arch, job["num_warps"], job["num_stages"], kernel.asm["ptx"],
+                      kernel.asm["cubin"], int(meta.shared), bool(getattr(meta, "enable_fp_fusion", True)),
+                      getattr(meta, "ptx_options", None))
+    return dataclasses.replace(rep, **job["describe"])
 
 
 def _compile_jobs_here(jobs: Sequence[dict]) -> list:
@@ -189,7 +216,7 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _compile_many(pairs: Sequence[tuple[AotSpec, int]], isolate: bool | None, workers: int | None) -> list[KernelReport]:
+def _compile_many(pairs: Sequence[tuple[AotSpec, str]], isolate: bool | None, workers: int | None) -> list[KernelReport]:
     jobs = [_job(spec, arch) for spec, arch in pairs]
     keys = [_job_key(j) for j in jobs]
     with _CACHE_LOCK:
@@ -218,7 +245,7 @@ def _compile_many(pairs: Sequence[tuple[AotSpec, int]], isolate: bool | None, wo
                         results[k] = _compile_job(job, _jit_function(spec.fn))
                     except Exception as e:
                         results[k] = f"{type(e).__name__}: {e}"
-        failures = [f"{todo[k]['name']} (sm_{todo[k]['arch']}): {r}" for k, r in results.items()
+        failures = [f"{todo[k]['name']} ({todo[k]['arch']}): {r}" for k, r in results.items()
                     if not isinstance(r, KernelReport)]
         with _CACHE_LOCK:
             _CACHE.update({k: r for k, r in results.items() if isinstance(r, KernelReport)})
@@ -228,8 +255,9 @@ def _compile_many(pairs: Sequence[tuple[AotSpec, int]], isolate: bool | None, wo
         return [_CACHE[k] for k in keys]
 
 
-def compile_spec(spec: AotSpec, arch: int, *, isolate: bool | None = None) -> KernelReport:
-    """Compile one ``aot_specs()`` entry for ``sm_<arch>`` and report its resources.
+def compile_spec(spec: AotSpec, arch, *, isolate: bool | None = None) -> KernelReport:
+    """Compile one ``aot_specs()`` entry for ``arch`` ("sm_80", 80, "gfx942") and report its
+    resources.
 
     ``isolate`` forces (True) or forbids (False) compiling in a child process; by default a
     child is used exactly when this process's Triton is the interpreter.
@@ -237,16 +265,20 @@ def compile_spec(spec: AotSpec, arch: int, *, isolate: bool | None = None) -> Ke
     return _compile_many([(spec, arch)], isolate, 1)[0]
 
 
-def report(specs: Iterable[AotSpec], archs: Iterable[int] = (80, 90), *, isolate: bool | None = None,
+def report(specs: Iterable[AotSpec], archs: Iterable = ("sm_80", "sm_90"), *, isolate: bool | None = None,
            workers: int | None = None) -> list[KernelReport]:
     """Compile every spec for every arch (cached); reports in spec-major, arch-minor order.
 
     Raises CompileReportError naming every spec that failed, after trying them all.
     """
-    archs = list(archs)
-    for arch in archs:
-        limits(arch)
-    pairs = [(spec, arch) for spec in specs for arch in archs]
+    archs = [arch_name(a) for a in archs]
+    return report_pairs([(spec, arch) for spec in specs for arch in archs], isolate=isolate, workers=workers)
+
+
+def report_pairs(pairs: Iterable[tuple[AotSpec, object]], *, isolate: bool | None = None,
+                 workers: int | None = None) -> list[KernelReport]:
+    """Compile each (spec, arch) pair (cached); reports in the pairs' order."""
+    pairs = [(spec, arch_name(arch)) for spec, arch in pairs]
     return _compile_many(pairs, isolate, workers) if pairs else []
 
 
@@ -255,8 +287,23 @@ class CollectedSpecs(NamedTuple):
     skipped: dict   # kernel module -> why it contributed nothing
 
 
-def collect_specs(kernels: Iterable[str] = KERNEL_MODULES) -> CollectedSpecs:
-    """``aot_specs()`` of each ``fastvit.kernels.<name>``; modules missing or without it are skipped."""
+def collect_arch_specs(kernels: Iterable[str] = KERNEL_MODULES, archs: Iterable = ("sm_80", "sm_90")):
+    """(spec, arch) for every configuration each kernel module compiles on each arch: a module
+    whose ``aot_specs`` takes ``family`` gets the arch's family (``_configs.arch_family``), the
+    others give the same specs everywhere. Returns (pairs, skipped) as ``collect_specs``."""
+    from ..kernels._configs import arch_family
+
+    pairs, skipped = [], {}
+    for arch in (arch_name(a) for a in archs):
+        collected = collect_specs(kernels, family=arch_family(arch))
+        pairs.extend((spec, arch) for spec in collected.specs)
+        skipped.update(collected.skipped)
+    return pairs, skipped
+
+
+def collect_specs(kernels: Iterable[str] = KERNEL_MODULES, *, family: str | None = None) -> CollectedSpecs:
+    """``aot_specs()`` of each ``fastvit.kernels.<name>`` (with ``family=`` where the module takes
+    it and one is given); modules missing or without it are skipped."""
     specs, skipped = [], {}
     for name in kernels:
         try:
@@ -269,20 +316,25 @@ def collect_specs(kernels: Iterable[str] = KERNEL_MODULES) -> CollectedSpecs:
         if not callable(getattr(module, "aot_specs", None)):
             skipped[name] = "no aot_specs()"
             continue
-        specs.extend(module.aot_specs())
+        takes_family = "family" in inspect.signature(module.aot_specs).parameters
+        specs.extend(module.aot_specs(family=family) if takes_family and family else module.aot_specs())
     return CollectedSpecs(specs, skipped)
 
 
+def _mma_cell(r: KernelReport) -> str:
+    if not r.matrix_instructions:
+        return "n/a"
+    return " ".join(f"{k}:{'n/a' if v is None else v}" for k, v in r.matrix_instructions.items())
+
+
 def format_table(reports: Sequence[KernelReport]) -> str:
-    """A fixed-width text table, one row per kernel configuration and architecture."""
-    header = ("kernel", "sm", "warps", "stages", "regs", "spill B", "smem KiB", "limit KiB", "HMMA", "HGMMA",
+    """A fixed-width text table, one row per kernel configuration and architecture. On AMD regs
+    are VGPRs per lane and smem is LDS; "matrix" counts HMMA / HGMMA / tcgen05 / MFMA."""
+    header = ("kernel", "arch", "warps", "stages", "regs", "spill B", "smem KiB", "limit KiB", "matrix",
               "blocks/SM", "occupancy", "limited by")
 
-    def opt(v):
-        return "n/a" if v is None else str(v)
-
-    rows = [(r.name, str(r.arch), str(r.num_warps), str(r.num_stages), str(r.registers), str(r.spill_bytes),
-             f"{r.shared_bytes / KIB:.1f}", f"{r.shared_limit / KIB:.0f}", opt(r.hmma), opt(r.hgmma),
+    rows = [(r.name, r.arch, str(r.num_warps), str(r.num_stages), str(r.registers), str(r.spill_bytes),
+             f"{r.shared_bytes / KIB:.1f}", f"{r.shared_limit / KIB:.0f}", _mma_cell(r),
              str(r.blocks_per_sm), f"{100 * r.occupancy:.1f}%", ",".join(r.limited_by)) for r in reports]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
 
@@ -290,5 +342,5 @@ def format_table(reports: Sequence[KernelReport]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(header), line(["-" * w for w in widths])] + [line(row) for row in rows]
-    notes = [f"{r.name} sm_{r.arch}: {n}" for r in reports for n in r.notes]
+    notes = [f"{r.name} {r.arch}: {n}" for r in reports for n in r.notes]
     return "\n".join(out + ([""] + notes if notes else []))
