@@ -186,3 +186,31 @@ def test_load_checkpoint_refuses_other_files(tmp_path):
         load_checkpoint(FastViT(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3), path)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(FastViT(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3), tmp_path / "no.pt")
+
+
+def test_load_checkpoint_names_another_width_and_files_that_are_not_checkpoints(tmp_path):
+    model = FastViT(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3)
+    src = TimmViT(img_size=32, patch_size=8, embed_dim=96, depth=1, num_heads=3)
+    path = tmp_path / "wide.pt"
+    torch.save(src.state_dict(), path)
+    with pytest.raises(ValueError, match=r"width 96 in the checkpoint \(patch_embed.proj.weight\), 48 in the model"):
+        load_checkpoint(model, path)
+    # a pickle of something that is not tensors: weights_only refuses it; the message must not
+    # suggest weights_only=False (that would run code from the file)
+    path = tmp_path / "object.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(ValueError, match="is not a checkpoint fastvit can read") as info:
+        load_checkpoint(model, path)
+    assert "weights_only=False" not in str(info.value)
+    path = tmp_path / "text.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not a checkpoint fastvit can read"):
+        load_checkpoint(model, path)
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.ones(3), path)
+    with pytest.raises(ValueError, match="must hold a dict of tensors"):
+        load_checkpoint(model, path)
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x00" * 16)
+    with pytest.raises(ValueError, match="is not a readable .safetensors checkpoint"):
+        load_checkpoint(model, path)
