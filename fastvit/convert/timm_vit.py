@@ -14,8 +14,6 @@ from ._common import UnsupportedModelError, build_with_weights
 
 # timm classes of other architectures, and what to do instead
 _OTHER_CLASSES = {
-    "Eva": "timm's Eva class (EVA-02, DINOv3, vit_*_rope_* models: rotary position embeddings) is not "
-           "supported yet",
     "FastVit": "timm's FastVit is Apple's FastViT, a hybrid convolution-attention architecture that only shares "
                "the name with this package (a plain ViT on fused kernels); it cannot be converted",
     "NaFlexVit": "timm's NaFlexVit (variable-resolution patches) is not supported yet",
@@ -48,7 +46,8 @@ def _layer_norm_eps(norm: nn.Module, where: str) -> float:
 def from_timm(model: nn.Module, backend: str = "auto") -> FastViT:
     """Convert a timm ``VisionTransformer`` to a FastViT holding the same weights: the original
     ViT, DeiT (distilled), DeiT-III, DINOv2 (with registers), CLIP and SigLIP image towers, the
-    average-pooled variants, qk_norm. Anything else raises an error naming the feature."""
+    average-pooled variants, qk_norm; and timm's ``Eva`` (EVA-02, DINOv3, vit_*_rope_*:
+    ``convert/timm_eva.py``). Anything else raises an error naming the feature."""
     try:
         from timm.models.vision_transformer import Block as TimmBlock
         from timm.models.vision_transformer import VisionTransformer
@@ -56,6 +55,9 @@ def from_timm(model: nn.Module, backend: str = "auto") -> FastViT:
     except ImportError as e:  # pragma: no cover - timm is in the test extra
         raise ImportError("from_timm needs timm: pip install timm") from e
     cls_name = type(model).__name__
+    if cls_name == "Eva":  # EVA-02, DINOv3, vit_*_rope_*: rotary embeddings, SwiGLU (convert/timm_eva.py)
+        from .timm_eva import from_timm_eva
+        return from_timm_eva(model, backend)
     if not isinstance(model, VisionTransformer):
         if cls_name in _OTHER_CLASSES:
             raise UnsupportedModelError(_OTHER_CLASSES[cls_name])
