@@ -8,7 +8,8 @@ import os
 import shlex
 from pathlib import Path
 
-__all__ = ["CLIError", "Parser", "int_list", "choice_list", "dtype", "model", "positive_int", "archs", "device",
+__all__ = ["CLIError", "Parser", "int_list", "choice_list", "dtype", "model", "cnn_model", "flops_model",
+           "positive_int", "archs", "device",
            "check_resolutions", "portable_command"]
 
 
@@ -61,6 +62,35 @@ def model(text: str) -> str:
     if close:
         hint = f"; did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
     raise argparse.ArgumentTypeError(f"unknown model {text!r}{hint} (`fastvit list` prints every registered name)")
+
+
+def cnn_model(text: str) -> str:
+    """A torchvision classification model name (``--compare``); otherwise what it is, or the
+    close matches."""
+    from .profiling.cnn import check_cnn_name
+    try:
+        return check_cnn_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def flops_model(text: str) -> str:
+    """A registered fastvit model, or a torchvision classification model (counted as a CNN)."""
+    from .profiling.cnn import check_cnn_name, classification_models
+    from .vit import list_models
+
+    names = list_models()
+    if text in names:
+        return text
+    try:
+        return check_cnn_name(text)
+    except ValueError as exc:
+        if "not a classification model" in str(exc):
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    close = difflib.get_close_matches(text, names + classification_models(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}{hint} (a fastvit model, see `fastvit list`, or a "
+                                     "torchvision classification model such as resnet50)")
 
 
 def positive_int(text: str) -> int:

@@ -68,8 +68,10 @@ def cmd_list(args) -> int:
 def cmd_flops(args) -> int:
     from .profiling.flops import (attention_share_by_resolution, count_flops, format_attention_share_table,
                                   format_flops_table)
-    from .vit import model_config
+    from .vit import list_models, model_config
 
+    if args.model not in list_models():
+        return _cmd_flops_cnn(args)
     p = model_config(args.model).patch_size
     if args.img_size is not None:
         check_resolutions(args.model, [args.img_size], "--img-size")
@@ -89,6 +91,32 @@ def cmd_flops(args) -> int:
         print()
         print(f"Attention share of the matrix-product FLOPs across resolutions ({args.model}, model):")
         print(format_attention_share_table(share))
+    return 0
+
+
+def _cmd_flops_cnn(args) -> int:
+    """``fastvit flops resnet50``: the same JSON keys as for a ViT (tokens None, attention 0)."""
+    from .profiling.cnn import count_cnn_flops, published
+
+    size = args.img_size or defaults.COMPARE_FLOPS_SIZE
+    rep = count_cnn_flops(args.model, size, args.batch)
+    sizes = args.resolutions or list(defaults.DEFAULT_RESOLUTIONS)
+    share = []
+    for s in sizes:
+        r = count_cnn_flops(args.model, s, args.batch)
+        share.append({"img_size": s, "tokens": None, "attention_flops": 0, "linear_flops": r["flops"],
+                      "flops": r["flops"], "attention_share": 0.0, "attention_to_linear": 0.0})
+    pub = published(args.model)
+    if args.json:
+        _emit_json({**rep, "attention_share_by_resolution": share, "published": pub})
+        return 0
+    print(f"{args.model} @ {size}x{size}, batch {args.batch}: {rep['params'] / 1e6:.2f} M params "
+          f"(counter: {rep['counter']})")
+    print(f"FLOPs = 2 x MACs: {rep['flops'] / 1e9:,.3f} GFLOPs ({rep['macs'] / 1e9:,.3f} GMACs): conv "
+          f"{rep['by_component']['matmul']['conv'] / 1e9:,.3f}, linear {rep['by_component']['matmul']['linear'] / 1e9:,.3f}")
+    print("Element-wise (GFLOPs): " + ", ".join(f"{k} {v / 1e9:,.3f}" for k, v in rep["by_component"]["elementwise"].items()))
+    print(f"torchvision published ({pub['weights']}): {pub['gmacs']} GMACs (its 'GFLOPS'), {pub['params']:,} params")
+    print("By resolution: " + ", ".join(f"{r['img_size']}px {r['flops'] / 1e9:,.2f} GFLOPs" for r in share))
     return 0
 
 
@@ -212,7 +240,7 @@ def cmd_profile(args) -> int:
     if args.resolutions:
         check_resolutions(args.model, args.resolutions, "--resolutions")
     plan = report.make_plan(args.model, device, dtype, args.resolutions, args.backends, reps=args.reps,
-                            threads=args.threads)
+                            threads=args.threads, compare=args.compare)
     progress = _progress(report.steps(plan) + (0 if args.no_plots else 1), enabled=not args.no_progress)
     results = report.run_profile(plan, progress=progress, command=portable_command(args.argv),
                                  keep_going=args.keep_going)

@@ -82,13 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "budget, 3 to 20 on CPU)")
     p.add_argument("--out", default="fastvit-report", help="output folder (default fastvit-report)")
     p.add_argument("--no-plots", action="store_true", help="do not draw the PNG plots")
+    p.add_argument("--compare", type=A.cnn_model, default=None, metavar="CNN",
+                   help="add a 'ViT against a CNN' section for this torchvision classification model (e.g. "
+                        "resnet50): parameters and FLOPs at 224px, whole-model peak memory against resolution "
+                        f"({_csv(defaults.COMPARE_RESOLUTIONS['cuda'])}px on CUDA, "
+                        f"{_csv(defaults.COMPARE_RESOLUTIONS['cpu'])}px on CPU) and speed")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("flops", help="analytic FLOPs of a model by component",
                        description="Analytic FLOPs (= 2 x MACs, matrix products; element-wise work apart) of one "
                                    "forward pass, and the attention share across resolutions.")
-    p.add_argument("model", type=A.model, nargs="?", default=model_default, metavar="MODEL",
-                   help=f"a registered model (default {model_default}; `fastvit list` prints them all)")
+    p.add_argument("model", type=A.flops_model, nargs="?", default=model_default, metavar="MODEL",
+                   help=f"a registered model (default {model_default}; `fastvit list` prints them all), or a "
+                        "torchvision classification model such as resnet50 (Conv/Linear MACs counted analytically)")
     p.add_argument("--img-size", type=A.positive_int, default=None, help="image size (default: the model's)")
     p.add_argument("--batch", type=A.positive_int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--resolutions", type=A.int_list, default=None,

@@ -21,6 +21,11 @@ BENCH_OPS = ("attention", "layer_norm", "mlp", "block")
 SUITE_RESOLUTIONS = (224, 384, 512, 1024)
 SUITE_TARGETS = (("cpu", "fp32"), ("cuda", "fp16"), ("cuda", "bf16"))
 
+# ``fastvit profile --compare CNN``: whole-model peak memory of the CNN and the ViT against resolution.
+COMPARE_RESOLUTIONS = {"cuda": (224, 384, 512, 768, 1024), "cpu": (224, 320, 448)}
+# FLOPs and parameters of both are compared at this size (torchvision's published figures are at 224).
+COMPARE_FLOPS_SIZE = 224
+
 # -- the CPU-run policy -------------------------------------------------------------------------
 # The triton backend's memory rows stop here on a CPU: the interpreter takes ~25 s per attention
 # call at 384 px and ~15 min at 1024 px on two cores.
@@ -42,6 +47,12 @@ SUITE_CPU_CASES = {
     "block": {"fwd": (224, 384), "fwdbwd": (224,)},
     "model": {"fwd": (224,), "fwdbwd": (224,)},
 }
+# The --compare section on a CPU: whole-model memory at ``COMPARE_RESOLUTIONS["cpu"]`` (up to 448 px:
+# ViT-B forward + backward at 448 px takes ~20 s here, at 1024 px minutes), the ViT's triton
+# backend left out (a whole ViT-B in Triton's interpreter takes minutes per call), speed forward
+# only at 224 px.
+CPU_COMPARE_REASON = ("CPU: a whole ViT in Triton's interpreter takes minutes per call; its memory is measured on "
+                      "a GPU run")
 # ... and the only torch.compile cases of that subset: (op, mode, size).
 SUITE_CPU_COMPILE = {("attention", "fwd", 224), ("block", "fwd", 224)}
 
@@ -74,6 +85,10 @@ def triton_memory_resolutions(resolutions, device) -> list[int]:
     if str(device).startswith("cuda"):
         return sizes
     return [r for r in sizes if r <= CPU_TRITON_MEMORY_MAX] or sizes[:1]
+
+
+def compare_resolutions(device) -> tuple[int, ...]:
+    return COMPARE_RESOLUTIONS["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
 def suite_cpu_skip_reason(op: str, backend: str, mode: str, size: int) -> str | None:

@@ -33,13 +33,14 @@ class Plan:
     speed_threads: int | None = None  # torch threads while timing (None: as they are)
     budget_s: float | None = None     # timing budget per (op, mode, resolution)
     reps: int | None = None           # timed rounds; None: from the budget
+    compare: dict | None = None       # --compare CNN: {"cnn", "resolutions", "backends", "speed_sizes", ...}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=None, backends=None,
-              reps: int | None = None, threads: int | None = None) -> Plan:
+              reps: int | None = None, threads: int | None = None, compare: str | None = None) -> Plan:
     """What ``fastvit profile`` runs. On CUDA: memory at every resolution; speed of every op at
     the smallest and the largest, the whole model at the smallest only (at the largest it adds
     nothing a block does not show, and compiling it twice more costs minutes). On a CPU: the
@@ -76,10 +77,32 @@ def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=N
         compile_ops = list(CPU_COMPILE_OPS)
         speed_threads = threads or defaults.CPU_TIMING_THREADS
         notes += _cpu_notes(small, large, backends, mem_backends, triton_mem, speed_threads, threads is not None)
+    cmp = _compare_plan(compare, model, device, backends, notes) if compare else None
     return Plan(model=model, device=str(device), dtype=speed_cases.dtype_name(dtype), resolutions=resolutions,
                 memory_backends=mem_backends, triton_memory_resolutions=triton_mem, speed_groups=groups,
                 speed_backends=backends, compile_ops=compile_ops, notes=notes, reps=reps,
-                speed_threads=speed_threads)
+                speed_threads=speed_threads, compare=cmp)
+
+
+def _compare_plan(cnn: str, model: str, device: torch.device, backends: list, notes: list) -> dict:
+    """What the ViT-against-a-CNN section runs: whole-model memory of the CNN and of the ViT on
+    each attention backend at ``defaults.compare_resolutions``; speed of both at the smallest
+    size (forward; forward + backward too on a GPU)."""
+    from .cnn import count_cnn_flops
+    from .flops import vit_shape
+
+    count_cnn_flops(cnn)  # refuses, before anything runs, a network the counter cannot count (< 1 s: meta device)
+    cuda = device.type == "cuda"
+    vit_backends = [b for b in ("eager", "sdpa", "triton") if b in backends and (cuda or b != "triton")]
+    p = vit_shape(model).patch_size[0]  # the ViT needs whole patches
+    sizes = list(dict.fromkeys(p * max(1, round(s / p)) for s in defaults.compare_resolutions(device)))
+    if not cuda:
+        notes.append(f"CPU run: ViT against {cnn}: whole-model memory at {', '.join(map(str, sizes))}px (a GPU run "
+                     f"goes to {defaults.COMPARE_RESOLUTIONS['cuda'][-1]}px), the ViT on "
+                     f"{' and '.join(vit_backends)} (" + defaults.CPU_COMPARE_REASON.removeprefix("CPU: ") +
+                     "); speed forward only, at the smallest size.")
+    return {"cnn": cnn, "resolutions": sizes, "backends": vit_backends, "flops_size": defaults.COMPARE_FLOPS_SIZE,
+            "speed_sizes": sizes[:1], "speed_modes": list(speed_cases.MODES) if cuda else ["fwd"]}
 
 
 def _cpu_notes(small, large, backends, mem_backends, triton_mem, threads, asked) -> list[str]:
@@ -118,4 +141,8 @@ def memory_jobs(plan: Plan) -> list[tuple]:
 def steps(plan: Plan) -> int:
     """How many progress steps ``run_profile`` announces for ``plan`` (plots not included)."""
     speed_steps = sum(len(g["resolutions"]) * len(g["modes"]) * len(g["ops"]) for g in plan.speed_groups)
-    return 1 + len(memory_jobs(plan)) + speed_steps + 1
+    cmp = plan.compare
+    compare_steps = 0
+    if cmp:
+        compare_steps = 1 + 2 * len(cmp["resolutions"]) * (1 + len(cmp["backends"])) + len(cmp["speed_modes"])
+    return 1 + len(memory_jobs(plan)) + speed_steps + 1 + compare_steps

@@ -24,6 +24,8 @@ def make_plots(results: dict, out_dir) -> tuple[list[str], str | None]:
         files.append(PLOT_FILES["memory"])
     if _plot_speedup(plt, results, out_dir / PLOT_FILES["speedup"]):
         files.append(PLOT_FILES["speedup"])
+    if results.get("compare") and _plot_compare(plt, results, out_dir / PLOT_FILES["compare"]):
+        files.append(PLOT_FILES["compare"])
     return files, None
 
 
@@ -99,6 +101,45 @@ def _plot_speedup(plt, results, path) -> bool:
                  fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_compare(plt, results, path) -> bool:
+    """Whole-model peak memory against pixels, log-log: the CNN and the ViT's backends on the same
+    axes, one panel per mode (all measured)."""
+    c = results["compare"]
+    rows = [r for r in c["memory"]["rows"] if r.get("available", True) and r.get("peak_bytes")]
+    modes = [m for m in ("inference", "training") if any(r["mode"] == m for r in rows)]
+    if not modes:
+        return False
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.6), squeeze=False)
+    series = [(c["cnn"], "eager", c["cnn"], "black", "s-")] + [
+        (c["vit"], b, f"{c['vit']} ({b})", _COLORS[b], "o-") for b in ("eager", "sdpa", "triton")]
+    for ax, mode in zip(axes[0], modes):
+        ticks = {}
+        for net, backend, label, color, style in series:
+            rs = sorted((r for r in rows if r["mode"] == mode and r["network"] == net and r["backend"] == backend),
+                        key=lambda r: r["pixels"])
+            if rs:
+                ax.plot([r["pixels"] for r in rs], [r["peak_bytes"] / MIB for r in rs], style, color=color,
+                        linewidth=1.2, label=f"{label} (measured)")
+                ticks.update({r["pixels"]: r["img_size"] for r in rs})
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(ticks))
+        ax.set_xticklabels([f"{ticks[t]}px" for t in sorted(ticks)], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("pixels per image (log)")
+        ax.set_ylabel("peak MiB above parameters and input")
+        ax.set_title(f"whole model, {mode}")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    plan = results["plan"]
+    fig.suptitle(f"Peak memory vs pixels, log-log: {c['vit']} against {c['cnn']} ({plan['dtype']}, "
+                 f"{results['environment']['device']}, batch 1)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

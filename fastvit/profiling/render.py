@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __all__ = ["render_markdown", "PLOT_FILES", "MIB"]
 
-PLOT_FILES = {"memory": "memory_vs_resolution.png", "speedup": "speedup.png"}
+PLOT_FILES = {"memory": "memory_vs_resolution.png", "speedup": "speedup.png",
+              "compare": "vit_vs_cnn_memory.png"}
 MIB = 2 ** 20
 
 
@@ -32,7 +33,9 @@ def render_markdown(results: dict) -> str:
     """The whole ``report.md``: header and notes, failures (if any), FLOPs, memory, speed,
     autotuner picks (if any), roofline predictions."""
     out = _header_md(results) + _failures_md(results) + _flops_md(results) + _memory_md(results)
-    out += _speed_md(results) + _autotune_md(results) + _roofline_md(results)
+    from .render_compare import compare_md
+
+    out += _speed_md(results) + compare_md(results) + _autotune_md(results) + _roofline_md(results)
     out += ["Raw numbers: `results.json` (same labels: `source: measured` or `source: model`).", ""]
     return "\n".join(out)
 

@@ -175,6 +175,10 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
     flops = _flops_section(plan)
     memory = _memory_section(plan, progress, keep_going)
     speed_rows = _speed_section(plan, progress, keep_going)
+    compare = None
+    if plan.compare:
+        from .compare import run_compare
+        compare = run_compare(plan, progress, keep_going)
     progress("roofline predictions (model)")
     roof = _roofline_section(plan)
     env = environment(plan.device)
@@ -183,6 +187,10 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
                 for r in memory["rows"] if r.get("error")]
     failures += [{"case": speed.case_label(r["op"], r["mode"], r["img_size"], r["backend"]), "error": r["error"]}
                  for r in speed_rows["rows"] if r.get("error")]
+    if compare:
+        failures += [{"case": f"compare {part} {r['mode']} {r['network']} {r['backend']} {r['img_size']}px",
+                      "error": r["error"]} for part in ("memory", "speed") for r in compare[part]["rows"]
+                     if r.get("error")]
     return {
         "fastvit_profile": 1,
         "command": command,
@@ -193,6 +201,7 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
         "memory": memory,
         "speed": speed_rows,
         "roofline": roof,
+        **({"compare": compare} if compare else {}),
         "autotune": {"source": "measured", "picks": autotune_picks(),
                      "note": "the configuration each autotuned kernel picked in this run, by autotune key"},
         "failures": failures,
