@@ -280,3 +280,32 @@ def test_triton_entry_point_without_scale_is_unchanged(device):
     ref_h, ref_y = reference.add_layer_norm(x.double(), r.double(), w.double(), b.double(), 1e-5)
     assert_close_to_reference(h, ref_h, dtype=torch.float32, what="h")
     assert_close_to_reference(y, ref_y, dtype=torch.float32, what="y")
+
+
+# --------------------------------------------------------------------------------------------
+# memory: the backward allocates its outputs and grid-sized partial sums, nothing else
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["no_scale", "scale"])
+def test_backward_allocates_only_outputs_and_partials(scaled, device):
+    """Peak bytes of the backward (``fastvit.profiling.tracker``) equal the gradients it returns
+    (dx and dresidual one shared buffer without a scale, two with one; dweight, dbias, dgamma)
+    plus one fp32 (programs, N) partial-sum row per program and parameter gradient: no
+    full-size scratch, no cast copies."""
+    from fastvit.kernels import _configs as C
+    from fastvit.kernels import layer_norm_bwd as KB
+    from fastvit.profiling.tracker import measure_peak
+
+    shape, n = (2, 197, 768), 768
+    x, r, g, w, b = _leaves(*make_inputs(shape, torch.float32, device=device))
+    h, y = add_layer_norm(x, r, w, b, backend="triton", residual_scale=g if scaled else None)
+    ups = [torch.randn_like(h), torch.randn_like(y)]
+    wrt = [x, r, w, b] + ([g] if scaled else [])
+    m = measure_peak(lambda: torch.autograd.grad([h, y], wrt, ups), device=device)
+    rows = h.numel() // n
+    on_gpu = device.type == "cuda"
+    cfg = (C.layer_norm_bwd_config if on_gpu else C.layer_norm_interpret_bwd_config)(C.layer_norm_block_n(n))
+    programs, _ = KB._bwd_programs(rows, cfg.block_m, cfg.programs_per_sm, h.device)
+    params = 3 if scaled else 2
+    want = (2 if scaled else 1) * rows * n * 4 + params * n * 4 + params * programs * n * 4
+    assert m.peak_bytes == want, (m.peak_bytes, want)
