@@ -9,8 +9,10 @@ Head dims that are not powers of two
 power of two wastes tensor-core work: 80 computed as 128 is 1.6x the multiply-adds, 72 is 1.8x.
 So the head dim is split into up to three power-of-two chunks of at least 16 columns, largest
 first, passed as the constexprs ``BLOCK_D`` (the first chunk), ``D1`` and ``D2`` (0: absent):
-80 = 64 + 16, 96 = 64 + 32, 112 = 64 + 32 + 16; 72 = 64 + 16 and 88 = 64 + 16 + 16 with the last
-chunk's tail masked (the head dim rounded up to a multiple of 16, the tensor cores' K step).
+80 = 64 + 16, 96 = 64 + 32, 112 = 64 + 32 + 16; 72 = 64 + 16, 88 = 64 + 32 and 104 = 64 + 32 + 16
+with the last chunk's tail masked: the head dim is rounded up to a multiple of 16 (the tensor
+cores' K step) and that is written in binary, so 88 takes two chunks rather than 64 + 16 + 16
+(the same 96 columns, one dot fewer).
 Every q k^T is a sum of one dot per chunk into the same fp32 score tile, every P V and gradient
 has one fp32 accumulator per chunk. Why constexpr chunks rather than a loop over a chunk index
 or a tuple of tiles: the tiles a kernel keeps across its key loop (q, or k and v) and its
@@ -215,7 +217,7 @@ def length_keys(n_q: int, n_k: int) -> dict:
 def stride_align(*tensors) -> int:
     """STRIDE_ALIGN for a launch (see ``_hint_strides``): 8 when every stride of every tensor is
     a multiple of 8 but not all are multiples of 16 (which Triton detects by itself), else 1."""
-    strides = [s for t in tensors for s in t.stride()]
+    strides = [s for t in tensors for s in t.stride()[:-1]]  # the unit last stride is not an argument
     if all(s % 16 == 0 for s in strides) or any(s % 8 for s in strides):
         return 1
     return 8

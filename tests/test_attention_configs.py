@@ -1,9 +1,12 @@
 """Every launch configuration a GPU may run the attention kernels with, and the GPU's launch path.
 
-1. Each configuration the autotuner may pick for the forward, dK/dV and dQ (the union over head
-   dims, dtypes and dropout of what ``kernels/_configs.py`` keeps) runs once in the interpreter,
-   forced in place of the interpreter's own, against float64 on a shape that ends in a partial
-   block for every tile size (N = 150, head_dim 40).
+1. Each configuration the autotuner may pick for the forward, dK/dV and dQ (the union over
+   architecture families, head-dim widths, dtypes and dropout of what ``kernels/_configs.py``
+   keeps) runs once in the interpreter, forced in place of the interpreter's own, against float64
+   on a shape that ends in a partial block for every tile size (N = 150) at a head dim that is
+   not a power of two: 72, 80, 88, 96, 104, 112 in turn (two or three chunks, masked tails at
+   72, 88 and 104). AMD's compile hints (waves_per_eu, matrix_instr_nonkdim) are options of the hip
+   compiler, not kernel arguments: the interpreter runs the tile without them.
 2. The autotuned path itself (``triton.autotune`` over the pruned GPU candidates, timed by
    ``_autotune.time_candidate``), simulated in the interpreter (``tests/_simulated_gpu.py``):
    which candidates are timed, which wins, that the winner runs, and the warning when one fails.
@@ -14,6 +17,7 @@ import math
 
 import pytest
 import torch
+import triton
 
 from fastvit.kernels import _autotune, _configs
 from fastvit.kernels import attention as K
@@ -26,18 +30,35 @@ NAMES = ("out", "lse", "dq", "dk", "dv")
 
 
 def _reachable(kernel: str) -> list:
-    """Every configuration the prune filter can keep for ``kernel``, over all padded head dims,
-    dtypes and dropout."""
+    """Every configuration the prune filter can keep for ``kernel``, over all families, head-dim
+    widths (every multiple of 16 up to 256: the chunked widths), dtypes and dropout."""
     seen = {}
-    for block_d in (16, 32, 64, 128, 256):
-        for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            for dropout in (False, True):
-                for c in _configs.attention_configs(kernel, block_d, dtype, dropout):
-                    seen.setdefault(_autotune.config_key(c), c)
+    for family in _configs.ARCH_FAMILIES:
+        for width in range(16, 257, 16):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                for dropout in (False, True):
+                    for c in _configs.attention_configs(kernel, width, dtype, dropout, family=family):
+                        seen.setdefault(_autotune.config_key(c), c)
     return list(seen.values())
 
 
-CASES = [(kernel, c) for kernel in TUNED for c in _reachable(kernel)]
+def _tiles(kernel: str) -> list:
+    """``_reachable`` by tile: warps, stages and compile hints change nothing in the interpreter,
+    which runs a configuration as its BLOCK_M x BLOCK_N tiling."""
+    seen = {}
+    for c in _reachable(kernel):
+        seen.setdefault((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]), c)
+    return list(seen.values())
+
+
+CASES = [(kernel, c) for kernel in TUNED for c in _tiles(kernel)]
+CHUNKED_HEAD_DIMS = (72, 80, 88, 96, 104, 112)
+
+
+def _interpretable(config):
+    """The config without keywords that are compile options rather than kernel arguments."""
+    meta = {k: v for k, v in config.kwargs.items() if k in ("BLOCK_M", "BLOCK_N")}
+    return triton.Config(meta, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def _run(q, k, v, dout, scale, p=0.0, seed=0):
@@ -77,8 +98,9 @@ def _check(got, q, k, v, dout, scale, keep=None, p=0.0):
                          ids=[f"{k}-{_autotune.config_label(c).replace(', ', '-')}" for k, c in CASES])
 def test_every_gpu_configuration_matches_float64(kernel, config, monkeypatch, device):
     """fp32 for every configuration; the first of each kernel also in fp16 with dropout."""
-    monkeypatch.setattr(TUNED[kernel], "interpret_config", lambda args: config)
-    B, H, N, D = 1, 2, 150, 40
+    monkeypatch.setattr(TUNED[kernel], "interpret_config", lambda args: _interpretable(config))
+    B, H, N = 1, 2, 150
+    D = CHUNKED_HEAD_DIMS[CASES.index((kernel, config)) % len(CHUNKED_HEAD_DIMS)]
     first = _autotune.config_key(config) == _autotune.config_key(_reachable(kernel)[0])
     dtypes = [torch.float32] + ([torch.float16] if first else [])
     for dtype in dtypes:

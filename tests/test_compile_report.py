@@ -1,4 +1,5 @@
-"""Ahead-of-time compile report: toy kernels compiled for sm_80 / sm_90 without a GPU.
+"""Ahead-of-time compile report: toy kernels compiled for sm_80 / sm_90 (and Blackwell, AMD
+Instinct) without a GPU.
 
 The kernels live at module level on purpose: under TRITON_INTERPRET=1 the report compiles in a
 child process that imports them by name.
@@ -71,19 +72,20 @@ def test_builder_types_every_argument():
 def reports():
     """Both toy kernels for sm_80 and sm_90, compiled once (one worker process)."""
     out = cr.report([MATMUL, ADD], archs=(80, 90))
-    return {(r.name, r.arch): r for r in out}
+    return {(r.name, r.cc): r for r in out}
 
 
 @pytest.mark.parametrize("arch", [80, 90])
 def test_matmul_resources(reports, arch):
     r = reports["toy_matmul_fp16", arch]
-    assert r.kernel == "_toy_matmul" and r.arch == arch and r.num_warps == 4 and r.num_stages == 3
+    assert r.kernel == "_toy_matmul" and r.arch == f"sm_{arch}" and r.cc == arch
+    assert r.num_warps == 4 and r.num_stages == 3
     assert 0 < r.registers <= 255
     assert r.spill_store_bytes == r.spill_load_bytes == r.spill_bytes == 0
     # tl.dot operands are staged through shared memory, which Triton allocates dynamically.
     assert r.dynamic_shared_bytes > 0
     assert r.shared_bytes == r.static_shared_bytes + r.dynamic_shared_bytes
-    assert r.shared_bytes <= r.shared_limit == arch_limits.ARCH_LIMITS[arch].smem_per_block
+    assert r.shared_bytes <= r.shared_limit == arch_limits.limits(arch).smem_per_block
     assert r.occupancy == pytest.approx(cr.occupancy(r.registers, r.shared_bytes, 4, arch))
     assert 0 < r.occupancy <= 1
     assert r.ptx.lstrip().startswith("//") and ".entry _toy_matmul" in r.ptx and r.cubin[:4] == b"\x7fELF"
@@ -107,10 +109,11 @@ def test_elementwise_has_no_tensor_core_instructions(reports, arch):
 
 def test_report_is_cached_and_ordered(reports):
     again = cr.report([ADD, MATMUL], archs=(90, 80))  # served from the in-process cache
-    assert [(r.name, r.arch) for r in again] == [("toy_add_fp16", 90), ("toy_add_fp16", 80),
-                                                  ("toy_matmul_fp16", 90), ("toy_matmul_fp16", 80)]
+    assert [(r.name, r.arch) for r in again] == [("toy_add_fp16", "sm_90"), ("toy_add_fp16", "sm_80"),
+                                                  ("toy_matmul_fp16", "sm_90"), ("toy_matmul_fp16", "sm_80")]
     assert again[0] is reports["toy_add_fp16", 90]
     assert cr.compile_spec(MATMUL, 80) is reports["toy_matmul_fp16", 80]
+    assert cr.compile_spec(MATMUL, "sm_80a") is reports["toy_matmul_fp16", 80]  # one name per arch
 
 
 def test_to_dict_and_table(reports):
@@ -118,14 +121,19 @@ def test_to_dict_and_table(reports):
     d = rows[0].to_dict()
     json.dumps(d)
     for key in ("name", "arch", "num_warps", "num_stages", "registers", "spill_store_bytes", "spill_load_bytes",
-                "spill_bytes", "shared_bytes", "shared_limit", "hmma", "hgmma", "occupancy"):
+                "spill_bytes", "shared_bytes", "shared_limit", "hmma", "hgmma", "occupancy", "head_dim", "dtype",
+                "config", "matrix_instructions"):
         assert key in d
     assert "ptx" not in d and "cubin" not in d
+    mm = reports["toy_matmul_fp16", 80].to_dict()
+    assert mm["arch"] == "sm_80" and mm["dtype"] == "fp16" and mm["head_dim"] is None
+    assert mm["config"] == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}
+    assert mm["matrix_instructions"] == {"HMMA": mm["hmma"]} and mm["hmma"] > 0
     table = cr.format_table(rows)
     lines = table.splitlines()
-    assert lines[0].split()[:5] == ["kernel", "sm", "warps", "stages", "regs"]
+    assert lines[0].split()[:5] == ["kernel", "arch", "warps", "stages", "regs"]
     assert len(lines) == 2 + len(rows)
-    assert any(line.startswith("toy_matmul_fp16") and " 80 " in line for line in lines)
+    assert any(line.startswith("toy_matmul_fp16") and " sm_80 " in line for line in lines)
 
 
 def test_gpu_only_defect_is_reported_by_name():
@@ -157,6 +165,8 @@ def test_bad_specs_fail_before_compiling():
         aot_spec("add", _toy_add, pointers={"Q": "fp16"}, constexprs={"BLOCK": 8}, num_warps=4)
     with pytest.raises(ValueError, match="arch must be one of"):
         cr.compile_spec(ADD, 75)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        cr.compile_spec(ADD, "gfx1100")
     with pytest.raises(TypeError, match="triton.jit"):
         AotSpec(**{**fields, "fn": print})
 
@@ -222,3 +232,82 @@ def test_parsers():
             "        /*0120*/                   HGMMA.64x64x16.F32 gdesc[UR4], RZ, !UPT ;\n"
             "        /*0130*/                   MOV R1, c[0x0][0x28] ;  // HMMA in a comment\n")
     assert cr.count_sass_opcodes(sass) == {"HMMA": 2, "HGMMA": 1}
+
+
+# ---- Blackwell and AMD Instinct ---------------------------------------------------------------
+
+MATMUL_AMD = aot_spec("toy_matmul_fp16_mfma16", _toy_matmul, pointers={"A": "fp16", "B": "fp16", "C": "fp16"},
+                      constexprs={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2,
+                      options={"waves_per_eu": 2, "matrix_instr_nonkdim": 16})
+
+
+@pytest.fixture(scope="module")
+def new_reports():
+    pairs = [(MATMUL, "sm_100"), (MATMUL, "sm_120"), (ADD, "gfx942"), (MATMUL_AMD, "gfx942"), (MATMUL, "gfx950"),
+             (MATMUL, "gfx90a")]
+    return {(r.name, r.arch): r for r in cr.report_pairs(pairs)}
+
+
+def test_blackwell(new_reports):
+    b200, rtx = new_reports["toy_matmul_fp16", "sm_100"], new_reports["toy_matmul_fp16", "sm_120"]
+    assert b200.cc == 100 and set(b200.matrix_instructions) == {"HMMA", "tcgen05"}
+    assert b200.tensor_core_instructions > 0 and b200.spill_bytes == 0
+    assert b200.shared_limit == 227 * 1024
+    # Consumer Blackwell has no tcgen05: mma.sync, and 99 KB of shared memory per block.
+    assert rtx.matrix_instructions == {"HMMA": rtx.hmma} and rtx.hmma > 0 and rtx.shared_limit == 99 * 1024
+
+
+def test_amd_instinct(new_reports):
+    for arch in ("gfx90a", "gfx942", "gfx950"):
+        r = new_reports["toy_matmul_fp16" if arch != "gfx942" else "toy_matmul_fp16_mfma16", arch]
+        assert r.arch == arch and r.cc is None and r.hmma is None and r.hgmma is None
+        assert set(r.matrix_instructions) == {"MFMA"} and r.mfma > 0, r.matrix_instructions
+        assert 0 < r.registers <= 512 and r.spill_bytes == 0
+        assert r.shared_limit == (160 if arch == "gfx950" else 64) * 1024 and r.shared_bytes <= r.shared_limit
+        assert r.dynamic_shared_bytes > 0  # the dot's operands staged through LDS
+        assert r.occupancy == pytest.approx(cr.occupancy(r.registers, r.shared_bytes, 4, arch)) and r.occupancy > 0
+        assert ".amdgpu_metadata" in r.sass() and r.cubin[:4] == b"\x7fELF"  # AMDGCN text, hsaco binary
+    # The spec's options reached the hip compiler: 16x16 MFMA was asked for.
+    r = new_reports["toy_matmul_fp16_mfma16", "gfx942"]
+    assert "v_mfma_f32_16x16" in r.sass() and r.config["matrix_instr_nonkdim"] == 16
+    add = new_reports["toy_add_fp16", "gfx942"]
+    assert add.mfma == 0 and add.tensor_core_instructions == 0 and add.spill_bytes == 0
+
+
+def test_parse_amdgcn():
+    text = ("\tv_mfma_f32_16x16x16_f16 a[0:3], v[0:1], v[2:3], a[0:3]\n"
+            "\tv_mfma_f32_16x16x16_f16 a[4:7], v[0:1], v[2:3], a[4:7]\n"
+            "\tv_add_f32 v1, v2, v3 ; v_mfma in a comment is not counted\n"
+            "    .agpr_count:     8\n    .group_segment_fixed_size: 512\n    .private_segment_fixed_size: 16\n"
+            "    .sgpr_count:     20\n    .sgpr_spill_count: 0\n    .vgpr_count:     136\n"
+            "    .vgpr_spill_count: 3\n    .wavefront_size: 64\n")
+    assert cr.parse_amdgcn(text) == {"vgpr_count": 136, "agpr_count": 8, "sgpr_count": 20, "vgpr_spill_count": 3,
+                                     "sgpr_spill_count": 0, "group_segment_fixed_size": 512,
+                                     "private_segment_fixed_size": 16, "wavefront_size": 64, "mfma": 2}
+    with pytest.raises(ValueError, match="vgpr_count"):
+        cr.parse_amdgcn("nothing")
+
+
+@pytest.mark.parametrize("vgprs, lds, waves, arch, blocks, occ, limiter", [
+    # 128 VGPRs -> 512 // 128 = 4 waves per SIMD -> 16 per CU -> 4 workgroups of 4; 64 KiB of LDS
+    # holds 2 workgroups of 32 KiB: LDS limits.
+    (128, 32768, 4, "gfx942", 2, 8 / 32, ["shared_memory"]),
+    # gfx950's 160 KiB holds 5: the registers limit at 4.
+    (128, 32768, 4, "gfx950", 4, 16 / 32, ["registers"]),
+    # 256 VGPRs (two waves per SIMD), no LDS: 8 waves per CU, 2 workgroups.
+    (256, 0, 4, "gfx90a", 2, 8 / 32, ["registers"]),
+    # 40 VGPRs round up to 40: 512 // 40 = 12, capped at 8 waves per SIMD -> 32 per CU: the wave limit.
+    (40, 1024, 4, "gfx942", 8, 1.0, ["registers", "warps"]),
+])
+def test_amd_occupancy_hand_computed(vgprs, lds, waves, arch, blocks, occ, limiter):
+    d = arch_limits.occupancy_details(vgprs, lds, waves, arch)
+    assert (d["blocks_per_sm"], d["limited_by"]) == (blocks, limiter)
+    assert d["occupancy"] == pytest.approx(occ)
+
+
+def test_arch_names():
+    assert [arch_limits.arch_name(a) for a in (80, "sm80", "SM_90a", "sm_100", "gfx942:sramecc+:xnack-")] == \
+        ["sm_80", "sm_80", "sm_90", "sm_100", "gfx942"]
+    for bad in ("sm_75", "gfx1100", "hopper"):
+        with pytest.raises(ValueError, match="arch must be one of"):
+            arch_limits.arch_name(bad)

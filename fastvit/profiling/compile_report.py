@@ -41,13 +41,14 @@ from typing import Iterable, NamedTuple, Sequence
 from ..kernels._aot import AotSpec, python_function
 from .arch_limits import (ARCH_LIMITS, KIB, ArchLimits, arch_name, compute_capability, is_amd, limits, occupancy,
                           occupancy_details)
-from .kernel_report import KernelReport, analyse, analyse_amd, count_sass_opcodes, parse_ptxas_log, tool_paths
+from .kernel_report import (KernelReport, analyse, analyse_amd, count_sass_opcodes, parse_amdgcn, parse_ptxas_log,
+                            tool_paths)
 
 # Re-exported: the CLI and earlier callers import these from here.
 __all__ = [
     "ARCH_LIMITS", "ArchLimits", "CompileReportError", "KernelReport", "arch_name", "collect_arch_specs",
     "collect_specs", "compile_spec", "count_sass_opcodes", "format_table", "occupancy", "occupancy_details",
-    "parse_ptxas_log", "report", "report_pairs", "tool_paths",
+    "parse_amdgcn", "parse_ptxas_log", "report", "report_pairs", "tool_paths",
 ]
 
 KERNEL_MODULES = ("attention", "layer_norm", "linear_gelu")
