@@ -46,7 +46,7 @@ def test_eva_equals_timm(name, backend):
     assert set(ours.state_dict()) == set(src.state_dict())
     patch = ours.patch_size[0]
     for hw in [(size, size), (grid[0] * patch, grid[1] * patch)]:
-        x = torch.randn(2, 3, *hw)
+        x = torch.randn(1, 3, *hw)  # one image: the interpreter's time goes with the tokens
         for what, a, b in zip(("forward_features", "pre_logits", "logits", "input gradient"),
                               _outputs_and_grad(ours, x), _outputs_and_grad(src, x)):
             assert rel_err(a, b) <= 1e-5, (hw, what)
@@ -65,17 +65,22 @@ def test_registered_eva_names_have_timms_parameters_and_keys(name):
 
 def test_load_state_dict_strict_from_timm_and_training_grads():
     """The state dict of timm's Eva loads strictly into create_model's FastViT; in training mode
-    every parameter gradient matches timm's (dropout off)."""
+    (dropout rates 0) every parameter gradient matches timm's. sdpa: the q/k/v concatenation and
+    the folded adds are the same code on every backend; the kernels' gradients are tested above
+    and in tests/test_swiglu_ops.py."""
     src = eva_model("eva02_base_patch14_224", 28)
-    ours = fastvit.create_model("eva02_base_patch14_224", depth=2, img_size=28, backend="triton")
+    ours = fastvit.create_model("eva02_base_patch14_224", depth=2, img_size=28, backend="sdpa")
     ours.load_state_dict(src.state_dict(), strict=True)
     src.train(), ours.train()
     x = torch.randn(2, 3, 28, 42)
     for m in (src, ours):
-        m.forward_features(x).pow(2).mean().backward()
+        m.forward_head(m.forward_features(x), pre_logits=True).pow(2).mean().backward()
     theirs = dict(src.named_parameters())
     for k, p in ours.named_parameters():
-        assert rel_err(p.grad, theirs[k].grad) <= 1e-5, k
+        if theirs[k].grad is None:  # the head: not on the path to the pooled features
+            assert p.grad is None, k
+        else:
+            assert rel_err(p.grad, theirs[k].grad) <= 1e-5, k
 
 
 REFUSED = [
@@ -115,7 +120,8 @@ def test_bad_options_are_refused_by_name():
 # GEMMs; EVA's q/v bias (zeros for k, one cat: 2); the rotation of q and k (clone, the paired copy:
 # neg + stack or cat, 2 multiplies, add, copy into place: 7) until it is fused into attention's
 # loads. A ViT block without rope is 7 launches (test_timm_families).
-BLOCK_LAUNCHES = {"eva02_tiny_patch14_224": ("_linear_glu_fwd", 16), "vit_small_patch16_dinov3": ("_linear_gelu_fwd", 14)}
+BLOCK_LAUNCHES = {"eva02_tiny_patch14_224": ("_linear_glu_fwd", 16),
+                  "vit_small_patch16_dinov3": ("_linear_gelu_fwd", 14)}
 
 
 @pytest.mark.parametrize("name", sorted(BLOCK_LAUNCHES))

@@ -73,8 +73,7 @@ def test_rope_qkv_attention_matches_float64(case, pairing, backend, device):
     assert_close_to_reference(leaf.grad, ref.grad, dtype=torch.float32, what="dqkv")
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("pairing", ["half", "interleaved"])
+@pytest.mark.parametrize("pairing,dtype", [("half", torch.float16), ("interleaved", torch.bfloat16)])
 def test_rope_attention_low_precision(pairing, dtype, device):
     """(B, H, N, D) form, fp16/bf16: within 2x the error of PyTorch's own low-precision
     rotate-then-SDPA (the rotation in fp32 there too, rounded once, as timm does)."""

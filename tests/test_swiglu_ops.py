@@ -214,3 +214,10 @@ def test_bad_input_is_refused_by_name(device):
         K.linear_glu_fwd(x, w[:6], w[6:], b[:6], None)
     with pytest.raises(ValueError, match=r"pre must have shape \(4, 12\)"):
         K.linear_glu_bwd(torch.randn(4, 6), torch.randn(4, 6))
+
+
+def test_glu_flops_model():
+    from fastvit.eva import glu_flops
+    f = glu_flops(tokens=197, dim=384, hidden=1024, activation="silu")
+    assert f == {"gemm": 2 * 197 * 384 * 2 * 1024, "gating": 197 * 1024 * 5}
+    assert glu_flops(1, 8, 4, "gelu")["gating"] == 4 * 9

@@ -6,6 +6,11 @@ is four layers: kernels + launchers (``fastvit.kernels.<op>``), custom ops + the
 Function (``_<op>_triton.py``), the public function (``<op>.py``, validating every argument
 through ``_checks.py`` before anything runs), and the module (``fastvit.layers``).
 
+Also: ``linear_glu`` (SwiGLU / GEGLU, the gated sibling of ``linear_gelu``, same layers) and the
+rotary-embedding ops ``apply_rope``, ``rope_qkv``, ``rope_attention``, ``rope_qkv_attention``
+(``rope.py``: tables + prefix count + pairing; the rotation runs in PyTorch on every backend until
+the attention kernel rotates q and k in its loads).
+
 Policies, the same for every family:
 
 - **autocast**: the Triton path does what PyTorch's own op does under autocast, on every
