@@ -1,4 +1,5 @@
-"""Variable-length (packed) self-attention in Triton: forward, backward and launchers.
+"""Variable-length (packed) self-attention in Triton: the block table, the forward and their
+launchers; the backward in ``kernels/attention_varlen_bwd.py``.
 
 Tokens of S sequences (images of different sizes) are packed along one axis: q, k, v are
 (T, H, D) with a unit last stride (views of a packed qkv Linear output work by strides), and
@@ -21,10 +22,9 @@ every index is clamped to [0, T], so a bad table cannot read or write out of bou
 Kernels here:
   ``_varlen_block_table``  the table, one program per (BLOCK_P entries, block size).
   ``_varlen_fwd``          online softmax per (query block, head); out and lse (H, T) fp32.
-  ``_varlen_bwd_dkdv``     dK, dV per (key block, head) over the sequence's queries.
-  ``_varlen_bwd_dq``       dQ per (query block, head) over the sequence's keys.
-The delta pass is the dense backward's ``_attn_bwd_preprocess`` (it is per token: a packed
-(T, H, D) tensor is a batch of one). Dropout reuses the dense kernels' counter, keyed on
+Head dims up to 256 in power-of-two chunks (80 = 64 + 16) with the dense kernels' helpers
+(``kernels/_attention_common.py``); the tiles, and so the autotuner's candidates and prune
+filters, are the dense kernels'. Dropout reuses the dense kernels' counter, keyed on
 (seed, head, global query token, global key token), so one sequence alone draws exactly the
 dense kernel's mask, and ``attention_dropout_mask(1, H, T, T, p, seed)`` holds the varlen mask
 on its block diagonal.
@@ -37,19 +37,20 @@ import triton.language as tl
 
 from . import _configs
 from ._aot import aot_spec
-from ._attention_common import (LN2, LOG2E, _cast, _dropout_keep, block_d, check_dropout, dot_kernel_specs,
-                                tuned, unit_last_stride)
+from ._attention_common import (LN2, LOG2E, _cast, _dot_rows, _dot_rows_t, _dropout_keep, _hint_strides, _load_chunk,
+                                _store_chunk, check_dropout, chunk_constexprs, dot_kernel_specs, stride_align, tuned,
+                                unit_last_stride)
 from ._checks import require_dtype, require_out, require_tensor
-from ._interpret import dot, input_precision
-from .attention_bwd import _attn_bwd_preprocess, _preprocess_block
+from ._interpret import input_precision
 
-__all__ = ["varlen_block_table", "varlen_attention_fwd", "varlen_attention_bwd", "aot_specs", "TABLE_BLOCKS"]
+__all__ = ["varlen_block_table", "varlen_attention_fwd", "aot_specs", "TABLE_BLOCKS", "table_columns"]
 
 # The block sizes the attention configs use along the token axis (_configs.ATTENTION_CONFIGS),
 # one table row each; row r is for 16 << r.
 TABLE_BLOCKS = (16, 32, 64, 128)
 _TABLE_BLOCK_P = 64
 _TABLE_BLOCK_S = 64
+INDEX_POINTERS = {"CuSeqlens": "i32", "Table": "i32"}  # AOT pointer types of the int32 inputs
 
 
 def table_columns(total: int, num_seqs: int) -> int:
@@ -92,6 +93,7 @@ def _program_span(Table, CuSeqlens, table_cols, T, S, BLOCK: tl.constexpr):
     """(first token of this program's block, its sequence's [lo, hi) token range, head).
     Surplus programs get lo = hi: their loops run zero times and their stores are masked."""
     ROW: tl.constexpr = (BLOCK >= 32) + (BLOCK >= 64) + (BLOCK >= 128)
+    tl.static_assert((16 << ROW) == BLOCK, "the block table has rows for blocks of 16, 32, 64 and 128 only")
     n_prog = (T + S * (BLOCK - 1)) // BLOCK
     pid = tl.program_id(0)
     p = pid % n_prog
@@ -106,9 +108,10 @@ def _program_span(Table, CuSeqlens, table_cols, T, S, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _rows(Base, h, stride_h, stride_t, start, offs, offs_d):
-    """Pointers to tokens start + offs of head h: int64 base, int32 offsets inside the tile."""
-    return Base + h * stride_h + start.to(tl.int64) * stride_t + offs[:, None] * stride_t + offs_d[None, :]
+def _base(Base, h, stride_h, start, stride_t):
+    """Pointer to token ``start`` of head ``h``, in int64 (T*H*D can pass 2^31); tiles are then
+    addressed from it by small int32 offsets."""
+    return Base + h * stride_h + start.to(tl.int64) * stride_t
 
 
 @triton.jit
@@ -118,161 +121,91 @@ def _varlen_fwd(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     table_cols, T, S,
     N_Q_KEY, N_K_KEY,  # autotuning buckets (next power of two of max_seqlen); unused in the body
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
 ):
+    # The dense forward's online softmax and head-dim chunks (kernels/attention.py), over the
+    # keys [lo, hi) of this block's sequence instead of [0, N).
+    _, stride_qh, stride_qt = _hint_strides(0, stride_qh, stride_qt, STRIDE_ALIGN)
+    _, stride_kh, stride_kt = _hint_strides(0, stride_kh, stride_kt, STRIDE_ALIGN)
+    _, stride_vh, stride_vt = _hint_strides(0, stride_vh, stride_vt, STRIDE_ALIGN)
+    _, stride_oh, stride_ot = _hint_strides(0, stride_oh, stride_ot, STRIDE_ALIGN)
     start_m, lo, hi, h = _program_span(Table, CuSeqlens, table_cols, T, S, BLOCK_M)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < hi  # the last block of a sequence stops at its end, not at T
-    mask_d = offs_d < HEAD_DIM
-    q = tl.load(_rows(Q, h, stride_qh, stride_qt, start_m, tl.arange(0, BLOCK_M), offs_d),
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    k_base = K + h * stride_kh + lo.to(tl.int64) * stride_kt
-    v_base = V + h * stride_vh + lo.to(tl.int64) * stride_vt
+    q_base = _base(Q, h, stride_qh, start_m, stride_qt)
+    q0 = _load_chunk(q_base, rows, stride_qt, mask_m, 0, BLOCK_D, HEAD_DIM)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if D1 > 0:
+        q1 = _load_chunk(q_base, rows, stride_qt, mask_m, BLOCK_D, D1, HEAD_DIM)
+        acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    if D2 > 0:
+        q2 = _load_chunk(q_base, rows, stride_qt, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+        acc2 = tl.zeros([BLOCK_M, D2], tl.float32)
+    k_base = _base(K, h, stride_kh, lo, stride_kt)
+    v_base = _base(V, h, stride_vh, lo, stride_vt)
     qk_scale = sm_scale * LOG2E
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < hi
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION) * qk_scale
-        s = tl.where(mask_n[None, :], s, float("-inf"))
+        s = _dot_rows_t(q0, k_base, offs_n, stride_kt, mask_n, 0, BLOCK_D, HEAD_DIM,
+                        tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            s = _dot_rows_t(q1, k_base, offs_n, stride_kt, mask_n, BLOCK_D, D1, HEAD_DIM, s, INPUT_PRECISION)
+        if D2 > 0:
+            s = _dot_rows_t(q2, k_base, offs_n, stride_kt, mask_n, BLOCK_D + D1, D2, HEAD_DIM, s, INPUT_PRECISION)
+        s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every block holds a key of the sequence
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
         if DROPOUT:
             keep = _dropout_keep(seed, dropout_p, h, T, T, offs_m[:, None], cols[None, :])
             p = tl.where(keep, p, 0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = dot(_cast(p, v.dtype), v, acc, INPUT_PRECISION)
+        p = _cast(p, V.dtype.element_ty)
+        acc0 = _dot_rows(p, v_base, offs_n, stride_vt, mask_n, 0, BLOCK_D, HEAD_DIM, acc0 * alpha[:, None],
+                         INPUT_PRECISION)
+        if D1 > 0:
+            acc1 = _dot_rows(p, v_base, offs_n, stride_vt, mask_n, BLOCK_D, D1, HEAD_DIM, acc1 * alpha[:, None],
+                             INPUT_PRECISION)
+        if D2 > 0:
+            acc2 = _dot_rows(p, v_base, offs_n, stride_vt, mask_n, BLOCK_D + D1, D2, HEAD_DIM,
+                             acc2 * alpha[:, None], INPUT_PRECISION)
         m_i = m_new
         k_base += BLOCK_N * stride_kt
         v_base += BLOCK_N * stride_vt
     # l_i >= 1 on every row a program stores; surplus programs (no keys) divide by 1, not 0.
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
-    acc = acc / l_i[:, None]
-    if DROPOUT:
-        acc = acc * (1.0 / (1.0 - dropout_p))
-    o_ptrs = _rows(Out, h, stride_oh, stride_ot, start_m, tl.arange(0, BLOCK_M), offs_d)
-    tl.store(o_ptrs, _cast(acc, Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+    o_base = _base(Out, h, stride_oh, start_m, stride_ot)
+    _store_chunk(o_base, rows, stride_ot, mask_m, _normalise(acc0, l_i, dropout_p, DROPOUT), 0, BLOCK_D, HEAD_DIM)
+    if D1 > 0:
+        _store_chunk(o_base, rows, stride_ot, mask_m, _normalise(acc1, l_i, dropout_p, DROPOUT), BLOCK_D, D1,
+                     HEAD_DIM)
+    if D2 > 0:
+        _store_chunk(o_base, rows, stride_ot, mask_m, _normalise(acc2, l_i, dropout_p, DROPOUT), BLOCK_D + D1, D2,
+                     HEAD_DIM)
     tl.store(Lse + h * T + offs_m, (m_i + tl.math.log2(l_i)) * LN2, mask=mask_m)
 
 
 @triton.jit
-def _varlen_bwd_dkdv(
-    Q, K, V, DOut, Lse, Delta, DK, DV, CuSeqlens, Table,
-    sm_scale, seed, dropout_p,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    table_cols, T, S,
-    N_Q_KEY, N_K_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):
-    # Transposed tiles (keys x queries), as the dense dK/dV: dV += P_drop^T dO, dK += dS^T Q.
-    start_n, lo, hi, h = _program_span(Table, CuSeqlens, table_cols, T, S, BLOCK_N)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < HEAD_DIM
-    kv_mask = (offs_n < hi)[:, None] & mask_d[None, :]
-    k = tl.load(_rows(K, h, stride_kh, stride_kt, start_n, tl.arange(0, BLOCK_N), offs_d), mask=kv_mask, other=0.0)
-    v = tl.load(_rows(V, h, stride_vh, stride_vt, start_n, tl.arange(0, BLOCK_N), offs_d), mask=kv_mask, other=0.0)
-    q_base = Q + h * stride_qh + lo.to(tl.int64) * stride_qt
-    do_base = DOut + h * stride_doh + lo.to(tl.int64) * stride_dot
-    qk_scale = sm_scale * LOG2E
+def _normalise(acc, l_i, dropout_p, DROPOUT: tl.constexpr):
+    """acc / l (and the 1/(1-p) of dropout), in the dense forward's order of operations."""
+    acc = acc / l_i[:, None]
     if DROPOUT:
-        drop_scale = 1.0 / (1.0 - dropout_p)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for start_m in range(lo, hi, BLOCK_M):
-        rows = start_m + offs_m
-        mask_m = rows < hi
-        q_mask = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=q_mask, other=0.0)
-        # lse = +inf on rows past the sequence makes their probabilities exactly 0.
-        lse2 = tl.load(Lse + h * T + rows, mask=mask_m, other=float("inf")) * LOG2E
-        delta = tl.load(Delta + h * T + rows, mask=mask_m, other=0.0)
-        sT = dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION) * qk_scale
-        pT = tl.math.exp2(sT - lse2[None, :])
-        dpT = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
-        if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, h, T, T, rows[None, :], offs_n[:, None])
-            dv = dot(_cast(tl.where(keep, pT * drop_scale, 0.0), do.dtype), do, dv, INPUT_PRECISION)
-            dpT = tl.where(keep, dpT * drop_scale, 0.0)
-        else:
-            dv = dot(_cast(pT, do.dtype), do, dv, INPUT_PRECISION)
-        dk = dot(_cast(pT * (dpT - delta[None, :]), q.dtype), q, dk, INPUT_PRECISION)
-        q_base += BLOCK_M * stride_qt
-        do_base += BLOCK_M * stride_dot
-    dk_ptrs = _rows(DK, h, stride_dkh, stride_dkt, start_n, tl.arange(0, BLOCK_N), offs_d)
-    dv_ptrs = _rows(DV, h, stride_dvh, stride_dvt, start_n, tl.arange(0, BLOCK_N), offs_d)
-    tl.store(dk_ptrs, _cast(dk * sm_scale, DK.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptrs, _cast(dv, DV.dtype.element_ty), mask=kv_mask)
-
-
-@triton.jit
-def _varlen_bwd_dq(
-    Q, K, V, DOut, Lse, Delta, DQ, CuSeqlens, Table,
-    sm_scale, seed, dropout_p,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dqt, stride_dqh,
-    table_cols, T, S,
-    N_Q_KEY, N_K_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-):
-    start_m, lo, hi, h = _program_span(Table, CuSeqlens, table_cols, T, S, BLOCK_M)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < hi
-    mask_d = offs_d < HEAD_DIM
-    q_mask = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(_rows(Q, h, stride_qh, stride_qt, start_m, tl.arange(0, BLOCK_M), offs_d), mask=q_mask, other=0.0)
-    do = tl.load(_rows(DOut, h, stride_doh, stride_dot, start_m, tl.arange(0, BLOCK_M), offs_d), mask=q_mask,
-                 other=0.0)
-    lse2 = tl.load(Lse + h * T + offs_m, mask=mask_m, other=0.0) * LOG2E
-    delta = tl.load(Delta + h * T + offs_m, mask=mask_m, other=0.0)
-    k_base = K + h * stride_kh + lo.to(tl.int64) * stride_kt
-    v_base = V + h * stride_vh + lo.to(tl.int64) * stride_vt
-    qk_scale = sm_scale * LOG2E
-    if DROPOUT:
-        drop_scale = 1.0 / (1.0 - dropout_p)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        mask_n = cols < hi
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION) * qk_scale
-        # Keys past the sequence were loaded as zeros (score 0, not -inf): zero them here.
-        p = tl.where(mask_n[None, :], tl.math.exp2(s - lse2[:, None]), 0.0)
-        dp = dot(do, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
-        if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, h, T, T, offs_m[:, None], cols[None, :])
-            dp = tl.where(keep, dp * drop_scale, 0.0)
-        dq = dot(_cast(p * (dp - delta[:, None]), k.dtype), k, dq, INPUT_PRECISION)
-        k_base += BLOCK_N * stride_kt
-        v_base += BLOCK_N * stride_vt
-    dq_ptrs = _rows(DQ, h, stride_dqh, stride_dqt, start_m, tl.arange(0, BLOCK_M), offs_d)
-    tl.store(dq_ptrs, _cast(dq * sm_scale, DQ.dtype.element_ty), mask=q_mask)
+        acc = acc * (1.0 / (1.0 - dropout_p))
+    return acc
 
 
 # The dense kernels' candidates and named prune filters apply unchanged: the tiles, the
 # registers they hold and the shared memory they stream are the same; only addressing differs.
 _varlen_fwd_tuned = tuned(_varlen_fwd, "fwd", _configs.prune_attention_fwd_configs)
-_varlen_bwd_dkdv_tuned = tuned(_varlen_bwd_dkdv, "dkdv", _configs.prune_attention_dkdv_configs)
-_varlen_bwd_dq_tuned = tuned(_varlen_bwd_dq, "dq", _configs.prune_attention_dq_configs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,7 +213,7 @@ _varlen_bwd_dq_tuned = tuned(_varlen_bwd_dq, "dq", _configs.prune_attention_dq_c
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_packed(q, k, v, cu_seqlens, table=None) -> None:
+def check_packed(q, k, v, cu_seqlens, table=None) -> None:
     """Cheap invariants (shapes, dtypes, devices); cu_seqlens' values are the op layer's job."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         require_tensor(t, name)
@@ -320,13 +253,15 @@ def varlen_block_table(
     return table
 
 
-def _launch(kernel, block: str, total: int, num_seqs: int, heads: int, args: dict) -> None:
+def launch(kernel, block: str, total: int, num_seqs: int, heads: int, args: dict) -> None:
     def grid(meta):
         return ((total + num_seqs * (meta[block] - 1)) // meta[block] * heads,)
     kernel[grid](**args)
 
 
-def _common(q, k, v, cu_seqlens, table, sm_scale, seed, dropout_p, max_seqlen) -> dict:
+def launch_args(q, k, v, cu_seqlens, table, sm_scale, seed, dropout_p, max_seqlen, *outputs) -> dict:
+    """The arguments the forward and both backward kernels share; ``outputs`` (and q, k, v) set
+    STRIDE_ALIGN, so pass every tensor the kernel will address."""
     key = triton.next_power_of_2(max(1, int(max_seqlen)))
     return dict(
         Q=q, K=k, V=v, CuSeqlens=cu_seqlens, Table=table,
@@ -334,7 +269,7 @@ def _common(q, k, v, cu_seqlens, table, sm_scale, seed, dropout_p, max_seqlen) -
         stride_qt=q.stride(0), stride_qh=q.stride(1), stride_kt=k.stride(0), stride_kh=k.stride(1),
         stride_vt=v.stride(0), stride_vh=v.stride(1),
         table_cols=table.shape[2], T=q.shape[0], S=cu_seqlens.numel() - 1, N_Q_KEY=key, N_K_KEY=key,
-        HEAD_DIM=q.shape[2], BLOCK_D=block_d(q.shape[2]),
+        **chunk_constexprs(q.shape[2]), STRIDE_ALIGN=stride_align(q, k, v, *outputs),
         DROPOUT=dropout_p > 0.0, INPUT_PRECISION=input_precision(q.dtype),
     )
 
@@ -354,7 +289,7 @@ def varlen_attention_fwd(
     lse: torch.Tensor | None = None,  # (H, T) fp32, contiguous
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sequence's softmax(q k^T * sm_scale) (with dropout) v, and lse (H, T) fp32."""
-    _check_packed(q, k, v, cu_seqlens, table)
+    check_packed(q, k, v, cu_seqlens, table)
     check_dropout(dropout_p, seed)
     T, H, _ = q.shape
     q, k, v = (unit_last_stride(t) for t in (q, k, v))
@@ -366,72 +301,19 @@ def varlen_attention_fwd(
         raise ValueError(f"lse must be contiguous, got strides {lse.stride()}")
     if T * H == 0:
         return out, lse
-    _launch(_varlen_fwd_tuned, "BLOCK_M", T, cu_seqlens.numel() - 1, H, dict(
-        _common(q, k, v, cu_seqlens, table, sm_scale, seed, dropout_p, max_seqlen),
+    launch(_varlen_fwd_tuned, "BLOCK_M", T, cu_seqlens.numel() - 1, H, dict(
+        launch_args(q, k, v, cu_seqlens, table, sm_scale, seed, dropout_p, max_seqlen, out),
         Out=out, Lse=lse, stride_ot=out.stride(0), stride_oh=out.stride(1)))
     return out, lse
-
-
-def varlen_attention_bwd(
-    dout: torch.Tensor,  # (T, H, D) gradient of out
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # (T, H, D) as given to the forward
-    out: torch.Tensor,  # (T, H, D) from the forward
-    lse: torch.Tensor,  # (H, T) fp32 from the forward
-    cu_seqlens: torch.Tensor, table: torch.Tensor,  # as given to the forward
-    *,
-    max_seqlen: int, sm_scale: float, dropout_p: float = 0.0, seed: int = 0,  # the forward's
-    dlse: torch.Tensor | None = None,  # (H, T) gradient of lse, if it was used
-    dq: torch.Tensor | None = None,  # (T, H, D) outputs, unit last stride (e.g. views of one dqkv)
-    dk: torch.Tensor | None = None,
-    dv: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv: P recomputed from lse, the dropout mask from the seed; no atomics."""
-    _check_packed(q, k, v, cu_seqlens, table)
-    check_dropout(dropout_p, seed)
-    T, H, D = q.shape
-    for name, t in (("dout", dout), ("out", out)):
-        require_out(t, name, q.shape, q.dtype, q.device, unit_last_stride=False)
-    require_out(lse, "lse", (H, T), torch.float32, q.device)
-    if dlse is not None:
-        require_out(dlse, "dlse", (H, T), dlse.dtype, q.device, unit_last_stride=False)
-        dlse = dlse.float().contiguous()
-    q, k, v, out, dout = (unit_last_stride(t) for t in (q, k, v, out, dout))
-    lse = lse.contiguous()
-    grads = []
-    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
-        g = torch.empty(q.shape, dtype=q.dtype, device=q.device) if g is None else g
-        grads.append(require_out(g, name, q.shape, q.dtype, q.device))
-    dq, dk, dv = grads
-    if T * H == 0:
-        return dq, dk, dv
-    delta = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    # Per token: the dense delta pass on a batch of one, (T, H, D) read as (1, H, T, D).
-    pre_block = _preprocess_block(D)
-    _attn_bwd_preprocess[(triton.cdiv(T, pre_block) * H,)](
-        out, dout, dlse if dlse is not None else delta, delta,
-        0, out.stride(1), out.stride(0), 0, dout.stride(1), dout.stride(0), H, T,
-        HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=pre_block, HAS_DLSE=dlse is not None, num_warps=4)
-    common = dict(_common(q, k, v, cu_seqlens, table, sm_scale, seed, dropout_p, max_seqlen),
-                  DOut=dout, Lse=lse, Delta=delta, stride_dot=dout.stride(0), stride_doh=dout.stride(1))
-    S = cu_seqlens.numel() - 1
-    _launch(_varlen_bwd_dkdv_tuned, "BLOCK_N", T, S, H, dict(
-        common, DK=dk, DV=dv, stride_dkt=dk.stride(0), stride_dkh=dk.stride(1),
-        stride_dvt=dv.stride(0), stride_dvh=dv.stride(1)))
-    _launch(_varlen_bwd_dq_tuned, "BLOCK_M", T, S, H, dict(common, DQ=dq, stride_dqt=dq.stride(0),
-                                                            stride_dqh=dq.stride(1)))
-    return dq, dk, dv
 
 
 def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True)) -> list:
     """Every configuration the GPU autotuner may pick for the three varlen tl.dot kernels (per
     dtype, head_dim, dropout: what ``kernels/_configs.py`` keeps), and the table builder."""
-    idx = {"CuSeqlens": "i32", "Table": "i32"}
-    both = {"Q": None, "K": None, "V": None, "DOut": None, "Lse": torch.float32, "Delta": torch.float32, **idx}
-    specs = (dot_kernel_specs("fwd", _varlen_fwd, {"Q": None, "K": None, "V": None, "Out": None,
-                                                    "Lse": torch.float32, **idx}, dtypes, head_dims, dropout)
-             + dot_kernel_specs("dkdv", _varlen_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims,
-                                dropout)
-             + dot_kernel_specs("dq", _varlen_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout))
-    specs.append(aot_spec("_varlen_block_table", _varlen_block_table, pointers=idx,
-                          constexprs={"BLOCK_P": _TABLE_BLOCK_P, "BLOCK_S": _TABLE_BLOCK_S}, num_warps=4, mma=False))
-    return specs
+    from .attention_varlen_bwd import aot_specs as bwd_specs  # that module imports this one
+
+    fwd = dot_kernel_specs("fwd", _varlen_fwd, {"Q": None, "K": None, "V": None, "Out": None,
+                                                 "Lse": torch.float32, **INDEX_POINTERS}, dtypes, head_dims, dropout)
+    table = aot_spec("_varlen_block_table", _varlen_block_table, pointers=INDEX_POINTERS,
+                     constexprs={"BLOCK_P": _TABLE_BLOCK_P, "BLOCK_S": _TABLE_BLOCK_S}, num_warps=4, mma=False)
+    return fwd + bwd_specs(head_dims, dtypes, dropout) + [table]

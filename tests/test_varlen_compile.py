@@ -12,7 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastvit.kernels._attention_common import chunk_constexprs
 from fastvit.kernels import attention_varlen as KV
+from fastvit.kernels import attention_varlen_bwd as KVB
 from fastvit.profiling import compile_report as cr
 from tests._aot import check_fits
 
@@ -21,12 +23,12 @@ SPECS = (KV.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.float16,), dropout=(Fal
          + [s for s in KV.aot_specs(head_dims=(128,), dtypes=(torch.bfloat16,), dropout=(False,))
             if s.fn is not KV._varlen_block_table])
 DOT_KERNELS = ("_varlen_fwd", "_varlen_bwd_dkdv", "_varlen_bwd_dq")
-TUNED = (KV._varlen_fwd_tuned, KV._varlen_bwd_dkdv_tuned, KV._varlen_bwd_dq_tuned)
+TUNED = (KV._varlen_fwd_tuned, KVB._varlen_bwd_dkdv_tuned, KVB._varlen_bwd_dq_tuned)
 
 
 @pytest.fixture(scope="module")
 def reports():
-    return cr.report(SPECS, archs=(80, 90))
+    return cr.report(SPECS, archs=("sm_80", "sm_90"))
 
 
 def test_specs_cover_every_configuration_the_autotuner_may_pick():
@@ -35,8 +37,8 @@ def test_specs_cover_every_configuration_the_autotuner_may_pick():
             for dropout in dropouts:
                 for tuned_kernel in TUNED:
                     pruned = tuned_kernel.tuner.early_config_prune(
-                        tuned_kernel.tuner.configs, {"Q": torch.empty(0, dtype=dtype)}, BLOCK_D=KV.block_d(head_dim),
-                        DROPOUT=dropout)
+                        tuned_kernel.tuner.configs, {"Q": torch.empty(0, dtype=dtype)},
+                        **{k: v for k, v in chunk_constexprs(head_dim).items() if k != "HEAD_DIM"}, DROPOUT=dropout)
                     tuned = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in pruned}
                     specs = {(s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps, s.num_stages)
                              for s in SPECS if s.fn is tuned_kernel.fn and s.constexprs["HEAD_DIM"] == head_dim
@@ -47,14 +49,14 @@ def test_specs_cover_every_configuration_the_autotuner_may_pick():
                     assert {m for m, n, _, _ in tuned} | {n for m, n, _, _ in tuned} <= set(KV.TABLE_BLOCKS)
 
 
-@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_no_spills_and_shared_memory_within_limits(reports, arch):
     mine = check_fits(SPECS, reports, arch)
     assert {r.kernel for r in mine} == set(DOT_KERNELS) | {"_varlen_block_table"}
     for r in mine:
         assert r.registers <= 255 and r.blocks_per_sm >= 1, r.name
-        if arch == 80:  # the budget the configurations are pruned to: they launch on sm_86/sm_89 too
-            assert r.shared_bytes <= cr.ARCH_LIMITS[86].smem_per_block, r.name
+        if arch == "sm_80":  # the budget the configurations are pruned to: they launch on sm_86/sm_89 too
+            assert r.shared_bytes <= cr.ARCH_LIMITS["sm_86"].smem_per_block, r.name
 
 
 def test_tensor_core_instructions(reports):
@@ -63,7 +65,7 @@ def test_tensor_core_instructions(reports):
         if r.kernel not in DOT_KERNELS:
             continue
         assert r.hmma is not None and r.hgmma is not None, "cuobjdump is missing from the triton wheel"
-        if r.arch == 80:
+        if r.arch == "sm_80":
             assert r.hmma > 0, f"{r.name}: no HMMA on sm_80"
             continue
         c = specs[r.name].constexprs

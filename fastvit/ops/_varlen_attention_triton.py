@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ..kernels import attention_varlen as _kernels
+from ..kernels import attention_varlen_bwd as _kernels_bwd
 from ._attention_triton import _seed_value, draw_seed
 from ._checks import autocast_inputs
 
@@ -74,7 +75,7 @@ def varlen_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
                          lse: torch.Tensor, dlse: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
                          table: torch.Tensor, max_seqlen: int, dropout_p: float, scale: float,
                          seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels.varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens, table, max_seqlen=max_seqlen,
+    return _kernels_bwd.varlen_attention_bwd(dout, q, k, v, out, lse, cu_seqlens, table, max_seqlen=max_seqlen,
                                          sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed), dlse=dlse)
 
 
@@ -113,7 +114,7 @@ def varlen_qkv_attention_bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.T
     q, k, v = _qkv_views(qkv, num_heads)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     dq, dk, dv = _qkv_views(dqkv, num_heads)
-    _kernels.varlen_attention_bwd(_heads(dout, num_heads), q, k, v, _heads(out, num_heads), lse, cu_seqlens, table,
+    _kernels_bwd.varlen_attention_bwd(_heads(dout, num_heads), q, k, v, _heads(out, num_heads), lse, cu_seqlens, table,
                                   max_seqlen=max_seqlen, sm_scale=scale, dropout_p=dropout_p,
                                   seed=_seed_value(seed), dlse=dlse, dq=dq, dk=dk, dv=dv)
     return dqkv

@@ -6,7 +6,7 @@ each sequence attends only to itself. ``varlen_qkv_attention`` is the form a ViT
 the packed qkv Linear output (T, 3*H*D) in, (T, H*D) out for the proj Linear.
 
 Backends:
-  ``triton``  the fused kernels (``fastvit.kernels.attention_varlen``): programs mapped to
+  ``triton``  the fused kernels (``fastvit.kernels.attention_varlen``, ``..._bwd``): programs mapped to
               (sequence, block) by a block table built on the device, no host synchronisation,
               no work on padding.
   ``eager``   a loop over sequences (runs of equal lengths batched), each the explicit
@@ -122,7 +122,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         from ._varlen_attention_triton import triton_varlen_attention
         return triton_varlen_attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=dropout_p, scale=scale,
                                        return_lse=return_lse)
-    check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen, q.device, values=True)  # read on the host anyway
+    if q.device.type != "cpu":  # (CPU values were checked above) these paths read them on the host anyway
+        check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen, q.device, values=True)
     if backend == "sdpa":
         def fn(qs, ks, vs):
             return F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, scale=scale)
