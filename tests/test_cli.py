@@ -282,11 +282,12 @@ def test_profile_writes_report(profile_run):
                     "## Roofline predictions for GPUs (model, not measured)"):
         assert heading in md
     assert "CPU run: fewer, smaller cases" in md
-    for name in report_mod.PLOT_FILES.values():
+    plots = [f for k, f in report_mod.PLOT_FILES.items() if k != "compare"]  # compare: --compare only
+    for name in plots:
         assert f"]({name})" in md
         w, h = _png_size(out_dir / name)
         assert w > 300 and h > 200
-    assert sorted(results["plots"]["files"]) == sorted(report_mod.PLOT_FILES.values())
+    assert sorted(results["plots"]["files"]) == sorted(plots) and "compare" not in results
 
 
 def test_profile_without_matplotlib(profile_run, tmp_path, monkeypatch):

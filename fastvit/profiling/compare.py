@@ -36,12 +36,16 @@ def _flops(plan, cmp) -> dict:
 
 
 def _memory(plan, cmp, progress, keep_going) -> dict:
+    from ..vit import create_model
     from .cnn import build_cnn, measure_cnn_memory
     from .memory import measure_model
 
     dtype = speed.parse_dtype(plan.dtype)
     rows = []
+    # each network built once (initialising ViT-B takes seconds on a CPU); measure_model sets the
+    # backend and the mode and restores them, and runs other sizes as the memory section does
     cnn_model = build_cnn(cmp["cnn"], plan.device, dtype)
+    vit_model = create_model(plan.model).to(device=plan.device, dtype=dtype)
     for mode in ("inference", "training"):
         for size in cmp["resolutions"]:
             jobs = [(cmp["cnn"], "eager")] + [(plan.model, b) for b in cmp["backends"]]
@@ -53,7 +57,7 @@ def _memory(plan, cmp, progress, keep_going) -> dict:
                         row = measure_cnn_memory(cnn_model, size, mode=mode, dtype=dtype, device=plan.device)
                         row["network"] = net
                     else:
-                        row = measure_model(plan.model, size, backend=backend, mode=mode, dtype=dtype,
+                        row = measure_model(vit_model, size, backend=backend, mode=mode, dtype=dtype,
                                             device=plan.device)
                         row.update(network=net, pixels=size * size, source="measured")
                 except Exception as exc:  # noqa: BLE001 - re-raised as CaseError unless keep_going
@@ -62,7 +66,7 @@ def _memory(plan, cmp, progress, keep_going) -> dict:
                     row = dict(network=net, backend=backend, mode=mode, img_size=size, pixels=size * size,
                                peak_bytes=None, model_bytes=None, available=False, reason=None, error=describe(exc))
                 rows.append(row)
-    del cnn_model
+    del cnn_model, vit_model
     return {"source": "measured", "scope": "whole model, batch 1: peak bytes above parameters and the input",
             "measured": ["peak_bytes", "slope"], "model": ["model_bytes (the ViT's analytic model; none for the CNN)"],
             "rows": rows, "slopes": pixel_slopes(rows)}
