@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import fastvit
+import fastvit.data
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -135,6 +136,37 @@ def mix_batch(x: torch.Tensor, target: torch.Tensor, args) -> tuple[torch.Tensor
     else:
         x = lam * x + (1.0 - lam) * partner
     return x, lam * target + (1.0 - lam) * target.flip(0)
+
+
+def mixed_resolution_groups(images: torch.Tensor, sizes: list[int], patch: int, token_budget: int,
+                            generator: torch.Generator | None = None) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Each image of the batch resized to a height and a width drawn from ``sizes`` (aspect
+    ratios vary too), then grouped by ``fastvit.data.pack_by_tokens`` into packed micro-batches
+    of at most ``token_budget`` tokens: ``[(list of (C, h, w) images, indices into the batch)]``.
+    The sides come from torch's default generator unless one is given (seeded per rank, and
+    saved with the checkpoint's random states, so a resumed run draws the same sides)."""
+    sides = torch.tensor(sizes)[torch.randint(len(sizes), (len(images), 2), generator=generator)].tolist()
+    resized = [F.interpolate(img[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+               for img, (h, w) in zip(images, sides)]
+    groups = fastvit.data.pack_by_tokens(resized, token_budget, patch)
+    return [([resized[i] for i in g], torch.tensor(g, device=images.device)) for g in groups]
+
+
+def mixed_resolution_step(model, images, target, args, amp):
+    """One step's forward and backward on the batch resized to mixed sides and packed
+    (``mixed_resolution_groups``); gradients accumulate with each micro-batch's share."""
+    patch = fastvit.model_config(args.model).patch_size if args.patch_size is None else args.patch_size
+    budget = len(images) * ((IMG_SIZE // patch) ** 2 + 1)  # the tokens of the batch at 32 px
+    logits = target.new_empty(target.shape)
+    loss = target.new_zeros(())
+    for group, idx in mixed_resolution_groups(images, args.mixed_sides, patch, budget):
+        with amp:
+            out = model(group)
+        part = soft_cross_entropy(out, target[idx]) * (len(idx) / len(images))
+        part.backward()
+        logits[idx] = out.detach().float()
+        loss += part.detach()
+    return logits, loss
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

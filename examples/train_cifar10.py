@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import fastvit
-from _train_utils import (CIFAR10, IMG_SIZE, NUM_CLASSES, Progress, UsageError, load_cifar10, mix_batch, normalize,
+from _train_utils import (CIFAR10, IMG_SIZE, NUM_CLASSES, Progress, UsageError, load_cifar10, mix_batch,
+                          mixed_resolution_step, normalize,
                           resolve_resume, rng_state, runnable_backend, save_checkpoint, save_weights, set_rng_state,
                           setup_distributed, soft_cross_entropy, synthetic_cifar10)
 
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix Beta(alpha, alpha); 0: off (1.0 usual)")
     a.add_argument("--mix-prob", type=float, default=1.0, help="probability of mixing a batch")
     a.add_argument("--switch-prob", type=float, default=0.5, help="with both on: probability of CutMix")
+    a.add_argument("--mixed-resolution", default=None, metavar="SIDES",
+                   help="train on images resized to heights and widths drawn from these sides (e.g. 16,24,32,40), "
+                        "packed without padding by token budget; off by default")
     r = p.add_argument_group("run")
     r.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if CUDA is available, else cpu)")
@@ -165,6 +169,16 @@ def check_args(args, parser) -> None:
     if IMG_SIZE % patch:
         parser.error(f"--patch-size: expected a divisor of the {IMG_SIZE} px images, "
                      f"got {patch}{variant(args.patch_size)}")
+    if args.mixed_resolution is not None:
+        try:
+            sides = [int(v) for v in args.mixed_resolution.split(",")]
+        except ValueError:
+            sides = []
+        need(bool(sides) and all(v >= patch and v % patch == 0 for v in sides), "mixed_resolution",
+             f"comma-separated sides that are multiples of the patch size {patch}")
+        need(args.mixup == 0 and args.cutmix == 0, "mixed_resolution",
+             "no --mixup/--cutmix with it (they blend images of one size)")
+        args.mixed_sides = sides
     if args.resume:
         try:
             resolve_resume(args.resume)
@@ -229,12 +243,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, args, device, epoch: in
         labels = labels.to(device, non_blocking=True)
         target = F.one_hot(labels, NUM_CLASSES).float()
         target = target * (1.0 - args.label_smoothing) + args.label_smoothing / NUM_CLASSES
-        images, target = mix_batch(images, target, args)
-        with amp:
-            logits = model(images)
-        loss = soft_cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if args.mixed_resolution is None:
+            images, target = mix_batch(images, target, args)
+            with amp:
+                logits = model(images)
+            loss = soft_cross_entropy(logits, target)
+            loss.backward()
+        else:  # packed micro-batches of mixed sizes, gradients accumulated with the batch's weights
+            logits, loss = mixed_resolution_step(model, images, target, args, amp)
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()

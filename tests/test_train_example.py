@@ -29,6 +29,7 @@ def _load_script():
 
 
 train = _load_script()
+import _train_utils as train_utils  # noqa: E402  (examples/ is on sys.path now)
 
 
 def write_cifar(folder, n_train=64, n_test=32, seed=0):
@@ -123,6 +124,28 @@ def test_triton_backend_trains_one_step(tmp_path):
     assert stats["steps"] == 1 and np.isfinite(stats["train_loss"]) and np.isfinite(stats["test_loss"])
 
 
+def test_mixed_resolution_trains_on_packed_lists(tmp_path, monkeypatch):
+    """Images resized to sides drawn from the list and packed by token budget: each step's
+    micro-batches cover the batch once, and the model sees lists of several sizes."""
+    seen = []
+    original = fastvit.FastViT.forward
+
+    def record(self, x):
+        if isinstance(x, list):
+            seen.append(sorted({tuple(im.shape[-2:]) for im in x}))
+        return original(self, x)
+    monkeypatch.setattr(fastvit.FastViT, "forward", record)
+    stats = train.main(["--synthetic", "32", "--out", str(tmp_path / "m"), "--epochs", "1", "--backend", "triton",
+                        "--mixed-resolution", "8,16,24", "--limit-train-batches", "1", "--limit-eval-batches", "1",
+                        "--no-progress"] + TINY)
+    assert stats["steps"] == 1 and np.isfinite(stats["train_loss"])
+    sizes = {s for group in seen for s in group}
+    assert len(sizes) > 1 and sizes <= {(h, w) for h in (8, 16, 24) for w in (8, 16, 24)}
+    images = torch.randn(6, 3, 32, 32)
+    groups = train_utils.mixed_resolution_groups(images, [8, 16, 24], 4, token_budget=6 * 17)
+    assert sorted(i for _, idx in groups for i in idx.tolist()) == list(range(6))
+
+
 def test_synthetic_images_are_cifar_shaped_and_seeded():
     (x, y), (tx, ty) = train.synthetic_cifar10(40, seed=3)
     assert x.shape == (40, 3, 32, 32) and x.dtype == torch.uint8 and tx.shape == (8, 3, 32, 32)
@@ -198,6 +221,9 @@ BAD_ARGUMENTS = {
     "device": (["--device", "gpu", "--synthetic", "8"], ["--device: expected cpu, cuda or cuda:N, got 'gpu'"]),
     "batch-too-big": (["--synthetic", "8", "--batch-size", "16", "--device", "cpu"],
                       ["--batch-size: expected at most 8", "got 16"]),
+    "mixed-sides": (["--mixed-resolution", "16,30"],
+                    ["--mixed-resolution: expected comma-separated sides that are multiples of the patch size 4"]),
+    "mixed-mixup": (["--mixed-resolution", "16,32", "--mixup", "0.8"], ["no --mixup/--cutmix with it"]),
 }
 
 
