@@ -25,11 +25,13 @@ from ._autotune import config_key, merged_args
 # the limit, matrix instructions; ``fastvit compile-report`` for every architecture).
 #
 # Families:
-#   "nvidia"     sm_80, sm_86, sm_89, sm_90, sm_120: warp 32, mma.sync (warpgroup MMA on sm_90
-#                for 64+ row tiles), 99 KB of shared memory per block (sm_86/89/120).
-#   "blackwell"  sm_100 (B200/GB200): tcgen05 MMA, whose full-rate shape has M = 128 rows per
-#                CTA with the accumulator in tensor memory; Triton's own Blackwell attention and
-#                matmul tuning leads with 128-row tiles, so ours does, then the "nvidia" list.
+#   "nvidia"     sm_80, sm_86, sm_89, sm_90: warp 32, mma.sync (warpgroup MMA on sm_90 for 64+
+#                row tiles), 99 KB of shared memory per block (sm_86/89).
+#   "blackwell"  sm_100 (B200/GB200) and sm_120 (RTX 50xx, 99 KB per block): compiled by ptxas
+#                13.x, with tighter register budgets (below). sm_100 has tcgen05 MMA, whose
+#                full-rate shape has M = 128 rows per CTA with the accumulator in tensor memory;
+#                Triton's own Blackwell attention and matmul tuning leads with 128-row tiles, so
+#                ours does (sm_120 runs them as mma.sync), then the "nvidia" list.
 #   "amd"        gfx90a, gfx942, gfx950 (AMD Instinct): wavefront 64, so a tile spreads over
 #                twice the threads of a CUDA warp of the same num_warps; 64 KiB of LDS per
 #                workgroup budget (gfx90a/gfx942; gfx950 has 160 KiB). Compile hints:
@@ -56,11 +58,14 @@ _BLACKWELL = {
     "dkdv": [(32, 128, 4, 3), (16, 128, 4, 3)] + _NVIDIA["dkdv"],
 }
 _AMD = {
+    # waves_per_eu 2 caps a wave at 256 VGPRs: enough for the forward's one accumulator; the
+    # backward's two (dK, dV) or its resident q, dO and dQ spilled at 2 on gfx942 (64-128 x
+    # 64 tiles, head dims 64-128), so dK/dV and dQ ask for 1 (up to 512 VGPRs).
     "fwd": [(128, 64, 4, 2, 2), (128, 32, 4, 2, 2), (64, 64, 4, 2, 2), (64, 32, 4, 2, 2), (64, 32, 4, 1, 1),
             (32, 32, 4, 1, 1), (16, 16, 4, 1, 1)],
-    "dq": [(128, 64, 4, 2, 2), (128, 32, 4, 2, 2), (64, 64, 4, 2, 2), (64, 32, 4, 2, 2), (64, 32, 4, 1, 1),
+    "dq": [(128, 64, 4, 2, 1), (128, 32, 4, 2, 1), (64, 64, 4, 2, 1), (64, 32, 4, 2, 1), (64, 32, 4, 1, 1),
            (32, 32, 4, 1, 1), (16, 16, 4, 1, 1)],
-    "dkdv": [(32, 128, 4, 2, 2), (32, 64, 4, 2, 2), (16, 64, 4, 2, 2), (32, 32, 4, 1, 1), (16, 32, 4, 1, 1),
+    "dkdv": [(32, 128, 4, 2, 1), (32, 64, 4, 2, 1), (16, 64, 4, 2, 1), (32, 32, 4, 1, 1), (16, 32, 4, 1, 1),
              (16, 16, 4, 1, 1)],
 }
 AMD_MATRIX_INSTR_NONKDIM = 16
@@ -71,6 +76,11 @@ class ArchFamily(NamedTuple):
     warp_size: int
     smem_budget: int       # shared memory (LDS) per block every architecture of the family allows
     candidates: dict
+    # Register budgets of attention_config_fits (fp32 values per thread), calibrated per family on
+    # its compiler: see ATTENTION_MAX_TILE_VALUES and the notes at each family below.
+    max_tile_values: int = 96
+    max_chunked_dkdv_values: int = 72
+    max_dropout_values: int = 16
 
 
 # Shared memory budget per block: sm_86/sm_89/sm_120 allow 99 KB (sm_80 163 KB, sm_90/sm_100
@@ -78,8 +88,14 @@ class ArchFamily(NamedTuple):
 ATTENTION_SMEM_BUDGET = 99 * 1024
 ARCH_FAMILIES = {
     "nvidia": ArchFamily("nvidia", 32, ATTENTION_SMEM_BUDGET, _NVIDIA),
-    "blackwell": ArchFamily("blackwell", 32, ATTENTION_SMEM_BUDGET, _BLACKWELL),
-    "amd": ArchFamily("amd", 64, 64 * 1024, _AMD),
+    # ptxas 13.x (the wheel's ptxas-blackwell, for sm_100 and sm_120) allocates tighter than the
+    # 12.x ptxas of sm_80/sm_90: on sm_120, dK/dV at head dim 80 spilled 28-72 bytes at 72 values
+    # (64 x 64 tiles) and with dropout at 8-value score tiles; on sm_100 the forward spilled at 96.
+    "blackwell": ArchFamily("blackwell", 32, ATTENTION_SMEM_BUDGET, _BLACKWELL, max_tile_values=80,
+                            max_chunked_dkdv_values=56, max_dropout_values=8),
+    # gfx942, waves_per_eu 2 (256 VGPRs): the forward with dropout spilled 60 bytes at a 16-value
+    # score tile (128 x 32, head dim 128), none at 8.
+    "amd": ArchFamily("amd", 64, 64 * 1024, _AMD, max_dropout_values=8),
 }
 ATTENTION_MAX_CONFIGS = 2
 ATTENTION_KERNELS = tuple(_NVIDIA)
@@ -89,6 +105,10 @@ ATTENTION_KERNELS = tuple(_NVIDIA)
 # values per thread spilled in dK/dV and 8 did not; in the forward and dQ 16 did not.
 ATTENTION_MAX_TILE_VALUES = 96
 ATTENTION_MAX_DROPOUT_VALUES = 16
+# dK/dV with a head dim in two or three chunks holds twice the accumulators and two resident
+# operands (k, v) per chunk: calibrated on ptxas for sm_80 at head dims 80-112 (64 x 64 tiles on
+# 8 warps), 80 and 88 values spilled 116-136 bytes, 72 did not.
+ATTENTION_MAX_CHUNKED_DKDV_VALUES = 72
 # fp32 (ieee dots on CUDA cores; head_dim 16-256): at <= 80 values with operands at most 32 bytes
 # spilled; at 96-112, hundreds of bytes to 40 KB.
 ATTENTION_MAX_FP32_VALUES = 80
@@ -101,7 +121,7 @@ def arch_family(target: str) -> str:
     if target.startswith("gfx"):
         return "amd"
     cc = int(target.removeprefix("sm_").removesuffix("a"))
-    return "blackwell" if 100 <= cc < 110 else "nvidia"
+    return "blackwell" if cc >= 100 else "nvidia"
 
 
 def device_family(device) -> str:
@@ -114,7 +134,7 @@ def device_family(device) -> str:
     if torch.version.hip is not None:
         return "amd"
     major, _ = torch.cuda.get_device_capability(device)
-    return "blackwell" if major == 10 else "nvidia"
+    return "blackwell" if major >= 10 else "nvidia"
 
 
 def _attention_config(m: int, n: int, warps: int, stages: int, waves_per_eu: int | None = None) -> triton.Config:
@@ -142,16 +162,21 @@ def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages:
 
 
 def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: int, num_stages: int,
-                          block_d: int, elem: int, dropout: bool = False, *, family: str = "nvidia") -> bool:
+                          block_d: int, elem: int, dropout: bool = False, *, family: str = "nvidia",
+                          chunks: int | None = None) -> bool:
     """The filter behind the attention prune functions; ``block_d`` is the head-dim width
     computed on (``attention_width``), threads are num_warps x the family's warp size.
 
     Registers: per thread, the fp32 accumulators (BLOCK x width: o or dq; dk and dv) plus two
-    score-sized tiles (s and p, or p and dp) must stay <= ATTENTION_MAX_TILE_VALUES. fp32 inputs
+    score-sized tiles (s and p, or p and dp) must stay <= the family's max_tile_values
+    (ATTENTION_MAX_TILE_VALUES on "nvidia"). fp32 inputs
     run ieee dots on CUDA cores with the operand tiles (q, k, v, dO) in registers too: those
     count, against ATTENTION_MAX_FP32_VALUES.
     Dropout draws Philox state (four words) per score element: the score tile per thread must
-    stay <= ATTENTION_MAX_DROPOUT_VALUES, halved for dK/dV, whose keep mask is live across two dots.
+    stay <= the family's max_dropout_values (ATTENTION_MAX_DROPOUT_VALUES on "nvidia"), halved
+    for dK/dV, whose keep mask is live across two dots.
+    dK/dV on a head dim of several chunks (``chunks``; by default, a width that is not a power
+    of two has more than one): <= the family's max_chunked_dkdv_values.
     Shared memory: ``attention_smem_estimate`` <= the family's budget.
     """
     fam = ARCH_FAMILIES[family]
@@ -159,14 +184,17 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
     accumulators = 2 * block_n * block_d if kernel == "dkdv" else block_m * block_d
     score = block_m * block_n // threads
     values = accumulators // threads + 2 * score
+    if chunks is None:
+        chunks = 1 if block_d & (block_d - 1) == 0 else 2
     if elem < 4:
-        if values > ATTENTION_MAX_TILE_VALUES:
+        limit = fam.max_chunked_dkdv_values if kernel == "dkdv" and chunks > 1 else fam.max_tile_values
+        if values > limit:
             return False
     else:
         operand_rows = block_m + 2 * block_n if kernel == "fwd" else 2 * (block_m + block_n)
         if values + operand_rows * block_d // threads > ATTENTION_MAX_FP32_VALUES:
             return False
-    if dropout and score > ATTENTION_MAX_DROPOUT_VALUES // (2 if kernel == "dkdv" else 1):
+    if dropout and score > fam.max_dropout_values // (2 if kernel == "dkdv" else 1):
         return False
     return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem) <= fam.smem_budget
 

@@ -250,9 +250,9 @@ def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), d
     return fwd + _bwd_aot_specs(head_dims, dtypes, dropout, family=family)
 
 
-def head_dim_scaling_specs(head_dims, dtype=torch.float16, *, family: str = "nvidia", width: int = 128) -> list:
+def head_dim_scaling_specs(head_dims, dtype=torch.float16, *, family: str = "nvidia") -> list:
     """The forward, dK/dV and dQ at each head dim in one fixed tile per kernel (the autotuner's
-    first choice for ``family`` at head-dim width ``width``, which every narrower head dim can
+    first choice for ``family`` at the widest of the head dims, which every narrower one can
     also run), no dropout: compiled side by side, their matrix-instruction counts compare the
     work per program across head dims (``fastvit.profiling.head_dim_report``)."""
     from .attention_bwd import _attn_bwd_dkdv, _attn_bwd_dq
@@ -261,6 +261,7 @@ def head_dim_scaling_specs(head_dims, dtype=torch.float16, *, family: str = "nvi
     kernels = (("fwd", _attn_fwd, {"Q": None, "K": None, "V": None, "Out": None, "Lse": torch.float32}),
                ("dkdv", _attn_bwd_dkdv, {**both, "DK": None, "DV": None}),
                ("dq", _attn_bwd_dq, {**both, "DQ": None}))
+    width = max(sum(head_dim_chunks(d)) for d in head_dims)
     specs = []
     for kernel, fn, tensors in kernels:
         tile = _configs.attention_configs(kernel, width, dtype, False, family=family)[0]

@@ -33,7 +33,7 @@ def gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("capability, family", [((8, 0), "nvidia"), ((8, 6), "nvidia"), ((8, 9), "nvidia"),
-                                                ((9, 0), "nvidia"), ((10, 0), "blackwell"), ((12, 0), "nvidia")])
+                                                ((9, 0), "nvidia"), ((10, 0), "blackwell"), ((12, 0), "blackwell")])
 def test_cuda_8_and_newer_run_triton(gpu, capability, family):
     gpu(capability=capability)
     assert backend.explain("cuda:0") is None
