@@ -143,10 +143,12 @@ def cmd_memory(args) -> int:
                 s = vit_shape(args.model, size)
                 rows.append(measure_attention(size, patch_size=s.patch_size, num_heads=s.num_heads,
                                               head_dim=s.head_dim, backend=backend, mode=mode, batch=args.batch,
-                                              dtype=parse_dtype(dtype), device=device))
+                                              dtype=parse_dtype(dtype), device=device,
+                                              peak_breakdown=args.peak_breakdown))
             else:
                 rows.append(measure_model(args.model, size, backend=backend, mode=mode, batch=args.batch,
-                                          depth=args.depth, dtype=parse_dtype(dtype), device=device))
+                                          depth=args.depth, dtype=parse_dtype(dtype), device=device,
+                                          peak_breakdown=args.peak_breakdown))
         except Exception as exc:  # noqa: BLE001 - a case that raises is named; --keep-going records it
             if not args.keep_going:
                 raise CaseError(f"memory {label}", exc) from exc
@@ -164,6 +166,12 @@ def cmd_memory(args) -> int:
         print(f"Peak memory above the inputs, {args.scope}, {args.model}, {dtype} on {device} "
               "(peak: measured; model: analytic):")
         print(format_memory_table(result))
+        if args.peak_breakdown:
+            from .profiling.breakdown import format_breakdown
+            for r in rows:
+                if r.get("breakdown"):
+                    print(f"\n{r['scope']} {r['mode']} {r['backend']} {r['img_size']}px, peak breakdown (measured):")
+                    print(format_breakdown(r["breakdown"]))
         if device == "cpu" and "triton" not in backends:
             print("(triton on CPU runs in Triton's interpreter, exact but slow: add --backends eager,sdpa,triton)")
     return _report_failures("memory", failures)

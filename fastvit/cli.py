@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=A.positive_int, default=None,
                    help="blocks of the model (--scope model only; default: the model's depth)")
     p.add_argument("--batch", type=A.positive_int, default=1, help="images per call (default 1)")
+    p.add_argument("--peak-breakdown", action="store_true",
+                   help="also list what is alive at the measured peak, grouped by op and (--scope model) module "
+                        "path, largest first, split into parameter gradients, saved activations and transients "
+                        "(measured by the tensor tracker, on CUDA too)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("bench", help="backend speed side by side, ratios against eager",

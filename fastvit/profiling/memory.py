@@ -53,7 +53,7 @@ def triton_unavailable(device) -> str | None:
 
 def measure_attention(img_size=224, *, patch_size=16, num_heads: int = 12, head_dim: int = 64,
                       backend: str = "eager", mode: str = "inference", batch: int = 1, dtype=torch.float32,
-                      device="cpu") -> dict:
+                      device="cpu", peak_breakdown: bool = False) -> dict:
     """Peak memory of one attention call (q, k, v of shape (batch, heads, tokens, head_dim), tokens
     = patches + CLS) on ``backend``: ``inference`` under no_grad, ``training`` forward + backward
     with q, k, v requiring grad. Returns a row dict (see :func:`memory_table`)."""
@@ -91,19 +91,22 @@ def measure_attention(img_size=224, *, patch_size=16, num_heads: int = 12, head_
     _warm_up(run, device, backend)
     for t in (q, k, v):
         t.grad = None
-    m = measure_peak(run, device=device, baseline=(q, k, v, grad))
+    m = measure_peak(run, device=device, baseline=(q, k, v, grad), tracker=_breakdown_tracker(peak_breakdown, device, None, (q, k, v)))
     row.update(peak_bytes=m.peak_bytes, seconds=round(m.seconds, 4), method=m.method, baseline_bytes=m.baseline_bytes)
+    if m.breakdown is not None:
+        row["breakdown"] = m.breakdown
     return row
 
 
 def measure_model(model_or_name=DEFAULT_MODEL, img_size=None, *, backend: str = "eager",
                   mode: str = "inference", batch: int = 1, depth: int | None = None, dtype=torch.float32,
-                  device="cpu", **overrides) -> dict:
+                  device="cpu", peak_breakdown: bool = False, **overrides) -> dict:
     """Peak memory of a whole FastViT: ``inference`` = forward under no_grad, ``training`` =
     forward + backward of the summed logits (parameter gradients included). A name or config is
     built with ``depth`` (and other ``overrides``) applied, so a few blocks stand for the model on
     a small machine; a built ``FastViT`` is measured as it is (``depth`` must then be None).
-    Returns a row dict (see :func:`memory_table`)."""
+    ``peak_breakdown``: also what was alive at the peak, by module and op (row ``breakdown``, see
+    :mod:`fastvit.profiling.breakdown`). Returns a row dict (see :func:`memory_table`)."""
     from ..vit import FastViT
     from .flops import vit_shape
 
@@ -151,7 +154,8 @@ def measure_model(model_or_name=DEFAULT_MODEL, img_size=None, *, backend: str = 
         _warm_up(run, device, backend)
         for p in params:
             p.grad = None
-        m = measure_peak(run, device=device, baseline=(model, x))
+        m = measure_peak(run, device=device, baseline=(model, x),
+                         tracker=_breakdown_tracker(peak_breakdown, device, model, params))
     finally:
         for p, g in zip(params, saved_grads):
             p.grad = g
@@ -159,7 +163,16 @@ def measure_model(model_or_name=DEFAULT_MODEL, img_size=None, *, backend: str = 
         if prev_backend is not None:
             model.set_backend(prev_backend)
     row.update(peak_bytes=m.peak_bytes, seconds=round(m.seconds, 4), method=m.method, baseline_bytes=m.baseline_bytes)
+    if m.breakdown is not None:
+        row["breakdown"] = m.breakdown
     return row
+
+
+def _breakdown_tracker(wanted: bool, device, root=None, params=()):
+    if not wanted:
+        return None
+    from .breakdown import BreakdownTracker
+    return BreakdownTracker(root, params, device=device)
 
 
 def _warm_up(run, device: torch.device, backend: str) -> None:

@@ -172,23 +172,28 @@ class PeakMeasurement:
     seconds: float
     method: str
     result: object = field(default=None, repr=False)
+    breakdown: dict | None = None  # what was alive at the peak, when a breakdown tracker measured it
 
 
-def measure_peak(fn, *args, device=None, baseline=(), keep_result: bool = False, **kwargs) -> PeakMeasurement:
+def measure_peak(fn, *args, device=None, baseline=(), keep_result: bool = False, tracker=None,
+                 **kwargs) -> PeakMeasurement:
     """Run ``fn(*args, **kwargs)`` and measure its peak memory above what existed before.
 
     ``device`` (default: that of the first tensor in ``baseline`` or ``args``, else CPU) picks the
     method: ``torch.cuda.max_memory_allocated`` on CUDA, :class:`LiveTensorTracker` elsewhere.
     ``baseline`` (tensors, modules) is only reported: its bytes in ``baseline_bytes``. The result
     of ``fn`` is alive until measurement ends (so its bytes count), then dropped unless
-    ``keep_result``.
+    ``keep_result``. ``tracker`` (a :class:`LiveTensorTracker`, e.g. a
+    :class:`~fastvit.profiling.breakdown.BreakdownTracker`) measures instead, on any device (on
+    CUDA too: then the peak is the tracker's tensor bytes, not the allocator's), and its
+    ``breakdown()``, if it has one, is returned with the peak.
     """
     if device is None:
         first = next((t for t in tree_leaves((baseline, args, kwargs)) if isinstance(t, torch.Tensor)), None)
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
     base = _bytes_of(baseline)
-    if device.type == "cuda":
+    if device.type == "cuda" and tracker is None:
         torch.cuda.synchronize(device)
         start_alloc = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -200,7 +205,7 @@ def measure_peak(fn, *args, device=None, baseline=(), keep_result: bool = False,
         end = torch.cuda.memory_allocated(device) - start_alloc
         method = "torch.cuda.max_memory_allocated"
     else:
-        tracker = LiveTensorTracker(device)
+        tracker = tracker if tracker is not None else LiveTensorTracker(device)
         gc.collect()
         if tracker.collect_cycles:
             gc.freeze()  # what exists now is not garbage: keeps the tracker's collections cheap
@@ -213,8 +218,9 @@ def measure_peak(fn, *args, device=None, baseline=(), keep_result: bool = False,
                 gc.unfreeze()
         seconds = time.perf_counter() - t0
         peak, end = tracker.peak_bytes, tracker.current_bytes
-        method = "LiveTensorTracker (TorchDispatchMode)"
-    return PeakMeasurement(peak, end, base, seconds, method, result if keep_result else None)
+        method = f"{type(tracker).__name__} (TorchDispatchMode)"
+    breakdown = tracker.breakdown() if hasattr(tracker, "breakdown") else None
+    return PeakMeasurement(peak, end, base, seconds, method, result if keep_result else None, breakdown)
 
 
 def _bytes_of(objs) -> int:
