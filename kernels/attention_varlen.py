@@ -37,6 +37,7 @@ import triton.language as tl
 
 from . import _configs
 from ._aot import aot_spec
+from ._autotune import config_key, merged_args
 from ._attention_common import (LN2, LOG2E, _cast, _dot_rows, _dot_rows_t, _dropout_keep, _hint_strides, _load_chunk,
                                 _store_chunk, check_dropout, chunk_constexprs, dot_kernel_specs, stride_align, tuned,
                                 unit_last_stride)
@@ -104,14 +105,14 @@ def _program_span(Table, CuSeqlens, table_cols, T, S, BLOCK: tl.constexpr):
     lo = tl.minimum(tl.maximum(tl.load(CuSeqlens + seq_c), 0), T)
     hi = tl.minimum(tl.maximum(tl.load(CuSeqlens + seq_c + 1), lo), T)
     hi = tl.where(seq >= 0, hi, lo)
-    return tl.minimum(tl.maximum(start, lo), hi), lo, hi, (pid // n_prog).to(tl.int64)
+    return tl.minimum(tl.maximum(start, lo), hi), lo, hi, pid // n_prog
 
 
 @triton.jit
 def _base(Base, h, stride_h, start, stride_t):
     """Pointer to token ``start`` of head ``h``, in int64 (T*H*D can pass 2^31); tiles are then
-    addressed from it by small int32 offsets."""
-    return Base + h * stride_h + start.to(tl.int64) * stride_t
+    addressed from it by small int32 offsets. (Rows of lse, H*T < 2^31, are int32 offsets.)"""
+    return Base + h.to(tl.int64) * stride_h + start.to(tl.int64) * stride_t
 
 
 @triton.jit
@@ -203,9 +204,37 @@ def _normalise(acc, l_i, dropout_p, DROPOUT: tl.constexpr):
     return acc
 
 
-# The dense kernels' candidates and named prune filters apply unchanged: the tiles, the
-# registers they hold and the shared memory they stream are the same; only addressing differs.
-_varlen_fwd_tuned = tuned(_varlen_fwd, "fwd", _configs.prune_attention_fwd_configs)
+# The dense kernels' candidates and filter (the same tiles, registers and shared memory; only
+# addressing differs), less one measured exception: dK/dV at 64 x 64 on 8 warps sits at the
+# 255-register limit in the dense kernel at chunked head dims, and the varlen loop's bound (a
+# register, where the dense kernel's is a launch parameter) makes ptxas spill it (12 bytes,
+# head_dim 80 = 64 + 16, fp16, sm_80). It is left out at every chunked (non-power-of-two) width.
+_SPILLS_AT_CHUNKED_WIDTHS = {"dkdv": {(64, 64, 8)}}
+
+
+def varlen_configs(kernel: str, width: int, dtype, dropout: bool = False, *, family: str = "nvidia") -> list:
+    """What the autotuner may pick for a varlen kernel: ``_configs.attention_configs`` less the
+    exceptions above (never empty)."""
+    kept = _configs.attention_configs(kernel, width, dtype, dropout, family=family)
+    if width & (width - 1) == 0:
+        return kept
+    bad = _SPILLS_AT_CHUNKED_WIDTHS.get(kernel, set())
+    return [c for c in kept if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) not in bad] or kept
+
+
+def varlen_prune(kernel: str):
+    """The ``early_config_prune`` of a varlen kernel: ``varlen_configs`` for the launch."""
+    def prune(configs, named_args, **kwargs):
+        args = merged_args(named_args, kwargs)
+        keep = {config_key(c) for c in varlen_configs(kernel, _configs.attention_width(args), args["Q"].dtype,
+                                                      bool(args["DROPOUT"]),
+                                                      family=_configs.device_family(args["Q"].device))}
+        return [c for c in configs if config_key(c) in keep]
+    prune.__name__ = f"prune_varlen_{kernel}_configs"
+    return prune
+
+
+_varlen_fwd_tuned = tuned(_varlen_fwd, "fwd", varlen_prune("fwd"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +252,8 @@ def check_packed(q, k, v, cu_seqlens, table=None) -> None:
         if t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
             raise ValueError(f"q, k and v must share shape, dtype and device, got {name} {t.dtype} "
                              f"{tuple(t.shape)} on {t.device} and q {q.dtype} {tuple(q.shape)} on {q.device}")
+    if q.shape[0] * q.shape[1] >= 2**31:  # lse and delta rows are int32 offsets in the kernels
+        raise ValueError(f"T * H must be below 2**31, got q of shape {tuple(q.shape)}")
     if not 1 <= q.shape[2] <= 256:
         raise ValueError(f"head_dim must be in [1, 256], got {q.shape[2]}")
     require_tensor(cu_seqlens, "cu_seqlens")
@@ -313,7 +344,8 @@ def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), d
     from .attention_varlen_bwd import aot_specs as bwd_specs  # that module imports this one
 
     fwd = dot_kernel_specs("fwd", _varlen_fwd, {"Q": None, "K": None, "V": None, "Out": None,
-                                                 "Lse": torch.float32, **INDEX_POINTERS}, dtypes, head_dims, dropout)
+                                                 "Lse": torch.float32, **INDEX_POINTERS}, dtypes, head_dims, dropout,
+                           configs=varlen_configs)
     table = aot_spec("_varlen_block_table", _varlen_block_table, pointers=INDEX_POINTERS,
                      constexprs={"BLOCK_P": _TABLE_BLOCK_P, "BLOCK_S": _TABLE_BLOCK_S}, num_warps=4, mma=False)
     return fwd + bwd_specs(head_dims, dtypes, dropout) + [table]

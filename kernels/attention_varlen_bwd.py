@@ -16,14 +16,14 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _configs
 from ._attention_common import (LOG2E, _cast, _dot_rows_t, _dropout_keep, _hint_strides, _load_chunk, _store_chunk,
                                 check_dropout, chunk_constexprs, dot_kernel_specs, stride_align, tuned,
                                 unit_last_stride)
 from ._checks import require_out
 from ._interpret import dot
 from .attention_bwd import _attn_bwd_preprocess, _preprocess_block
-from .attention_varlen import INDEX_POINTERS, _base, _program_span, check_packed, launch, launch_args
+from .attention_varlen import (INDEX_POINTERS, _base, _program_span, check_packed, launch, launch_args,
+                               varlen_configs, varlen_prune)
 
 __all__ = ["varlen_attention_bwd", "aot_specs"]
 
@@ -72,12 +72,17 @@ def _varlen_bwd_dkdv(
         dv2 = tl.zeros([BLOCK_N, D2], tl.float32)
     q_base = _base(Q, h, stride_qh, lo, stride_qt)
     do_base = _base(DOut, h, stride_doh, lo, stride_dot)
+    # Rows counted from the sequence's start and one int32 row offset into lse and delta: fewer
+    # live registers than lo, hi and 64-bit pointers (this kernel sits at the 255-register limit
+    # at head_dim 80).
+    row0 = h * T + lo
+    n_rows = hi - lo
     qk_scale = sm_scale * LOG2E
     if DROPOUT:
         drop_scale = 1.0 / (1.0 - dropout_p)
-    for start_m in range(lo, hi, BLOCK_M):
+    for start_m in range(0, n_rows, BLOCK_M):
         rows = start_m + offs_m
-        mask_m = rows < hi
+        mask_m = rows < n_rows
         q0 = _load_chunk(q_base, offs_m, stride_qt, mask_m, 0, BLOCK_D, HEAD_DIM)
         do0 = _load_chunk(do_base, offs_m, stride_dot, mask_m, 0, BLOCK_D, HEAD_DIM)
         if D1 > 0:
@@ -87,31 +92,37 @@ def _varlen_bwd_dkdv(
             q2 = _load_chunk(q_base, offs_m, stride_qt, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
             do2 = _load_chunk(do_base, offs_m, stride_dot, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
         # lse = +inf on rows past the sequence makes their probabilities exactly 0.
-        lse2 = tl.load(Lse + h * T + rows, mask=mask_m, other=float("inf")) * LOG2E
-        delta = tl.load(Delta + h * T + rows, mask=mask_m, other=0.0)
+        lse2 = tl.load(Lse + row0 + rows, mask=mask_m, other=float("inf")) * LOG2E
+        delta = tl.load(Delta + row0 + rows, mask=mask_m, other=0.0)
+        # S^T to P^T before dP^T is started: one score-sized fp32 tile live at a time, not two.
         sT = dot(k0, tl.trans(q0), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
-        dpT = dot(v0, tl.trans(do0), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
         if D1 > 0:
             sT = dot(k1, tl.trans(q1), sT, INPUT_PRECISION)
-            dpT = dot(v1, tl.trans(do1), dpT, INPUT_PRECISION)
         if D2 > 0:
             sT = dot(k2, tl.trans(q2), sT, INPUT_PRECISION)
-            dpT = dot(v2, tl.trans(do2), dpT, INPUT_PRECISION)
         pT = tl.math.exp2(sT * qk_scale - lse2[None, :])
+        dpT = dot(v0, tl.trans(do0), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            dpT = dot(v1, tl.trans(do1), dpT, INPUT_PRECISION)
+        if D2 > 0:
+            dpT = dot(v2, tl.trans(do2), dpT, INPUT_PRECISION)
         if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, h, T, T, rows[None, :], offs_n[:, None])
+            keep = _dropout_keep(seed, dropout_p, h, T, T, lo + rows[None, :], offs_n[:, None])
             p_dv = _cast(tl.where(keep, pT * drop_scale, 0.0), do0.dtype)
             dpT = tl.where(keep, dpT * drop_scale, 0.0)
         else:
             p_dv = _cast(pT, do0.dtype)
-        dsT = _cast(pT * (dpT - delta[None, :]), q0.dtype)
+        # dV's dots before dS^T exists, so P^T (for dV) and dS^T are never live together.
         dv0 = dot(p_dv, do0, dv0, INPUT_PRECISION)
-        dk0 = dot(dsT, q0, dk0, INPUT_PRECISION)
         if D1 > 0:
             dv1 = dot(p_dv, do1, dv1, INPUT_PRECISION)
-            dk1 = dot(dsT, q1, dk1, INPUT_PRECISION)
         if D2 > 0:
             dv2 = dot(p_dv, do2, dv2, INPUT_PRECISION)
+        dsT = _cast(pT * (dpT - delta[None, :]), q0.dtype)
+        dk0 = dot(dsT, q0, dk0, INPUT_PRECISION)
+        if D1 > 0:
+            dk1 = dot(dsT, q1, dk1, INPUT_PRECISION)
+        if D2 > 0:
             dk2 = dot(dsT, q2, dk2, INPUT_PRECISION)
         q_base += BLOCK_M * stride_qt
         do_base += BLOCK_M * stride_dot
@@ -176,19 +187,22 @@ def _varlen_bwd_dq(
         mask_n = cols < hi
         k0 = _load_chunk(k_base, offs_n, stride_kt, mask_n, 0, BLOCK_D, HEAD_DIM)
         s = dot(q0, tl.trans(k0), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
-        dp = _dot_rows_t(do0, v_base, offs_n, stride_vt, mask_n, 0, BLOCK_D, HEAD_DIM,
-                         tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
         if D1 > 0:
             k1 = _load_chunk(k_base, offs_n, stride_kt, mask_n, BLOCK_D, D1, HEAD_DIM)
             s = dot(q1, tl.trans(k1), s, INPUT_PRECISION)
-            dp = _dot_rows_t(do1, v_base, offs_n, stride_vt, mask_n, BLOCK_D, D1, HEAD_DIM, dp, INPUT_PRECISION)
         if D2 > 0:
             k2 = _load_chunk(k_base, offs_n, stride_kt, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
             s = dot(q2, tl.trans(k2), s, INPUT_PRECISION)
-            dp = _dot_rows_t(do2, v_base, offs_n, stride_vt, mask_n, BLOCK_D + D1, D2, HEAD_DIM, dp,
-                             INPUT_PRECISION)
         # Keys past the sequence were loaded as zeros (score 0, not -inf): zero them here.
         p = tl.where(mask_n[None, :], tl.math.exp2(s * qk_scale - lse2[:, None]), 0.0)
+        # dO v^T after S is consumed (one score-sized tile live); v is used once per chunk.
+        dp = _dot_rows_t(do0, v_base, offs_n, stride_vt, mask_n, 0, BLOCK_D, HEAD_DIM,
+                         tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        if D1 > 0:
+            dp = _dot_rows_t(do1, v_base, offs_n, stride_vt, mask_n, BLOCK_D, D1, HEAD_DIM, dp, INPUT_PRECISION)
+        if D2 > 0:
+            dp = _dot_rows_t(do2, v_base, offs_n, stride_vt, mask_n, BLOCK_D + D1, D2, HEAD_DIM, dp,
+                             INPUT_PRECISION)
         if DROPOUT:
             keep = _dropout_keep(seed, dropout_p, h, T, T, offs_m[:, None], cols[None, :])
             dp = tl.where(keep, dp * drop_scale, 0.0)
@@ -208,10 +222,9 @@ def _varlen_bwd_dq(
         _store_chunk(dq_base, rows, stride_dqt, mask_m, dq2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM)
 
 
-# The dense kernels' candidates and named prune filters apply unchanged: the tiles, the
-# registers they hold and the shared memory they stream are the same; only addressing differs.
-_varlen_bwd_dkdv_tuned = tuned(_varlen_bwd_dkdv, "dkdv", _configs.prune_attention_dkdv_configs)
-_varlen_bwd_dq_tuned = tuned(_varlen_bwd_dq, "dq", _configs.prune_attention_dq_configs)
+# The dense kernels' candidates and filter, less the measured exceptions (attention_varlen.py).
+_varlen_bwd_dkdv_tuned = tuned(_varlen_bwd_dkdv, "dkdv", varlen_prune("dkdv"))
+_varlen_bwd_dq_tuned = tuned(_varlen_bwd_dq, "dq", varlen_prune("dq"))
 
 
 def varlen_attention_bwd(
@@ -270,5 +283,7 @@ def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), d
     adds the forward and the table builder)."""
     both = {"Q": None, "K": None, "V": None, "DOut": None, "Lse": torch.float32, "Delta": torch.float32,
             **INDEX_POINTERS}
-    return (dot_kernel_specs("dkdv", _varlen_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims, dropout)
-            + dot_kernel_specs("dq", _varlen_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout))
+    return (dot_kernel_specs("dkdv", _varlen_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims, dropout,
+                             configs=varlen_configs)
+            + dot_kernel_specs("dq", _varlen_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout,
+                               configs=varlen_configs))

@@ -21,6 +21,7 @@ from fastvit.kernels import attention as KD
 from fastvit.kernels import attention_varlen as KV
 from fastvit.kernels import attention_varlen_bwd as KVB
 from fastvit.ops import _attention_triton as TA
+from tests._simulated_gpu import clear_tuning, simulated_gpu, skip_on_gpu
 from tests._tolerances import assert_close_to_reference, rel_err
 
 NAMES = ("out", "lse", "dq", "dk", "dv")
@@ -296,6 +297,31 @@ def test_every_gpu_configuration(kernel, config, monkeypatch, device):
     keep = KD.attention_dropout_mask(1, H, sum(lengths), sum(lengths), p, 5, device=device)[0] if p else None
     _check_all(_launch(q, k, v, dout, cu, D ** -0.5, p=p, seed=5),
                _reference(q, k, v, dout, cu, D ** -0.5, keep=keep, p=p), torch.float32)
+
+
+@skip_on_gpu
+def test_simulated_gpu_tunes_each_kernel_and_runs_the_winner(monkeypatch, device):
+    """The GPU's autotuned launch (simulated in the interpreter, tests/_simulated_gpu.py): each
+    kernel times its pruned candidates with the varlen grid, and the winner's results are right."""
+    lengths, H, D = (1, 20, 17), 1, 32
+    cu = _cu(lengths, device)
+    q, k, v, dout = _inputs(lengths, H, D, torch.float16, device)
+    kept = {name: [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in KV.varlen_configs(
+        kernel, D, torch.float16, False)] for kernel, name in (("fwd", "_varlen_fwd"), ("dkdv", "_varlen_bwd_dkdv"),
+                                                                 ("dq", "_varlen_bwd_dq"))}
+    clear_tuning(*TUNED.values())
+    try:
+        with simulated_gpu(monkeypatch, lambda launched: float(launched[0].meta["BLOCK_M"])) as (_, timed):
+            got = _launch(q, k, v, dout, cu, D ** -0.5)
+        by_kernel = {}
+        for launched in timed:
+            by_kernel.setdefault(launched[0].kernel, []).append((launched[0].meta["BLOCK_M"],
+                                                                  launched[0].meta["BLOCK_N"]))
+        assert by_kernel == kept
+    finally:
+        clear_tuning(*TUNED.values())
+    _check_all(got, _reference(q, k, v, dout, cu, D ** -0.5), torch.float16,
+               _reference(q, k, v, dout, cu, D ** -0.5, dtype=torch.float16))
 
 
 # ----------------------------------------------------------------------------------------------
