@@ -115,7 +115,9 @@ def test_compile_report_json(capsys):
                     "--name", "_layer_norm_bwd_dwdb_fp16_p32_n64_w4")
     assert d["archs"] == ["sm_80", "sm_90"]
     reports = d["reports"]
-    assert len(reports) == 4  # the kernel and its _unaligned twin, on two architectures
+    # the kernel, its layer-scale (_scale) variant and the _unaligned twin of each, on two architectures
+    names = {r["name"].removeprefix("_layer_norm_bwd_dwdb_fp16_p32_n64_w4") for r in reports}
+    assert names == {"", "_scale", "_unaligned", "_scale_unaligned"} and len(reports) == 8
     for r in reports:
         for key in ("name", "arch", "registers", "spill_bytes", "shared_bytes", "hmma", "hgmma", "occupancy"):
             assert key in r
