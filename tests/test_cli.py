@@ -122,7 +122,7 @@ def test_compile_report_json(capsys):
         for key in ("name", "arch", "registers", "spill_bytes", "shared_bytes", "hmma", "hgmma", "occupancy"):
             assert key in r
         assert r["registers"] > 0 and 0 < r["occupancy"] <= 1
-    assert {r["arch"] for r in reports} == {80, 90}
+    assert {r["arch"] for r in reports} == {"sm_80", "sm_90"} and {r["cc"] for r in reports} == {80, 90}
 
 
 # -- bad arguments ---------------------------------------------------------------------------------
