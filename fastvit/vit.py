@@ -226,6 +226,9 @@ class FastViT(nn.Module):
         if isinstance(x, (list, tuple)):
             tokens, packing = self._forward_packed(x)
             return tokens[0], packing.cu_seqlens
+        if isinstance(x, dict):  # a NaFlex batch (timm's NaFlex collator): fastvit/naflex.py
+            from . import naflex
+            return naflex.forward_features(self, x)
         self.check_input(x)
         return self._blocks(self._embed(x), rope=self._rope_tables(x))
 
@@ -284,6 +287,9 @@ class FastViT(nn.Module):
         if isinstance(x, (list, tuple)):
             tokens, packing = self._forward_packed(x)
             return packed.forward_head_packed(self, tokens[0], packing)
+        if isinstance(x, dict):  # a NaFlex batch: each image's valid patches packed (fastvit/naflex.py)
+            from . import naflex
+            return naflex.forward(self, x)
         return self.forward_head(self.forward_features(x))
 
     # -- attention maps ------------------------------------------------------------------------

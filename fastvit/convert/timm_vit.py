@@ -16,7 +16,6 @@ from ._common import UnsupportedModelError, build_with_weights
 _OTHER_CLASSES = {
     "FastVit": "timm's FastVit is Apple's FastViT, a hybrid convolution-attention architecture that only shares "
                "the name with this package (a plain ViT on fused kernels); it cannot be converted",
-    "NaFlexVit": "timm's NaFlexVit (variable-resolution patches) is not supported yet",
 }
 
 
@@ -58,6 +57,9 @@ def from_timm(model: nn.Module, backend: str = "auto") -> FastViT:
     if cls_name == "Eva":  # EVA-02, DINOv3, vit_*_rope_*: rotary embeddings, SwiGLU (convert/timm_eva.py)
         from .timm_eva import from_timm_eva
         return from_timm_eva(model, backend)
+    if cls_name == "NaFlexVit":  # patches of mixed-size images, timm's NaFlex names (convert/timm_naflex.py)
+        from .timm_naflex import from_timm_naflex
+        return from_timm_naflex(model, backend)
     if not isinstance(model, VisionTransformer):
         if cls_name in _OTHER_CLASSES:
             raise UnsupportedModelError(_OTHER_CLASSES[cls_name])
