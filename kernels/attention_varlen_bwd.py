@@ -72,17 +72,12 @@ def _varlen_bwd_dkdv(
         dv2 = tl.zeros([BLOCK_N, D2], tl.float32)
     q_base = _base(Q, h, stride_qh, lo, stride_qt)
     do_base = _base(DOut, h, stride_doh, lo, stride_dot)
-    # Rows counted from the sequence's start and one int32 row offset into lse and delta: fewer
-    # live registers than lo, hi and 64-bit pointers (this kernel sits at the 255-register limit
-    # at head_dim 80).
-    row0 = h * T + lo
-    n_rows = hi - lo
     qk_scale = sm_scale * LOG2E
     if DROPOUT:
         drop_scale = 1.0 / (1.0 - dropout_p)
-    for start_m in range(0, n_rows, BLOCK_M):
+    for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m
-        mask_m = rows < n_rows
+        mask_m = rows < hi
         q0 = _load_chunk(q_base, offs_m, stride_qt, mask_m, 0, BLOCK_D, HEAD_DIM)
         do0 = _load_chunk(do_base, offs_m, stride_dot, mask_m, 0, BLOCK_D, HEAD_DIM)
         if D1 > 0:
@@ -92,8 +87,8 @@ def _varlen_bwd_dkdv(
             q2 = _load_chunk(q_base, offs_m, stride_qt, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
             do2 = _load_chunk(do_base, offs_m, stride_dot, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
         # lse = +inf on rows past the sequence makes their probabilities exactly 0.
-        lse2 = tl.load(Lse + row0 + rows, mask=mask_m, other=float("inf")) * LOG2E
-        delta = tl.load(Delta + row0 + rows, mask=mask_m, other=0.0)
+        lse2 = tl.load(Lse + h * T + rows, mask=mask_m, other=float("inf")) * LOG2E
+        delta = tl.load(Delta + h * T + rows, mask=mask_m, other=0.0)
         # S^T to P^T before dP^T is started: one score-sized fp32 tile live at a time, not two.
         sT = dot(k0, tl.trans(q0), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), INPUT_PRECISION)
         if D1 > 0:
@@ -107,22 +102,21 @@ def _varlen_bwd_dkdv(
         if D2 > 0:
             dpT = dot(v2, tl.trans(do2), dpT, INPUT_PRECISION)
         if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, h, T, T, lo + rows[None, :], offs_n[:, None])
+            keep = _dropout_keep(seed, dropout_p, h, T, T, rows[None, :], offs_n[:, None])
             p_dv = _cast(tl.where(keep, pT * drop_scale, 0.0), do0.dtype)
             dpT = tl.where(keep, dpT * drop_scale, 0.0)
         else:
             p_dv = _cast(pT, do0.dtype)
-        # dV's dots before dS^T exists, so P^T (for dV) and dS^T are never live together.
-        dv0 = dot(p_dv, do0, dv0, INPUT_PRECISION)
-        if D1 > 0:
-            dv1 = dot(p_dv, do1, dv1, INPUT_PRECISION)
-        if D2 > 0:
-            dv2 = dot(p_dv, do2, dv2, INPUT_PRECISION)
+        # dV and dK interleaved per chunk: with all of dV's dots first, ptxas spilled 8 B at head
+        # dim 80 with dropout (sm_80 and sm_90; tests/test_varlen_compile.py).
         dsT = _cast(pT * (dpT - delta[None, :]), q0.dtype)
+        dv0 = dot(p_dv, do0, dv0, INPUT_PRECISION)
         dk0 = dot(dsT, q0, dk0, INPUT_PRECISION)
         if D1 > 0:
+            dv1 = dot(p_dv, do1, dv1, INPUT_PRECISION)
             dk1 = dot(dsT, q1, dk1, INPUT_PRECISION)
         if D2 > 0:
+            dv2 = dot(p_dv, do2, dv2, INPUT_PRECISION)
             dk2 = dot(dsT, q2, dk2, INPUT_PRECISION)
         q_base += BLOCK_M * stride_qt
         do_base += BLOCK_M * stride_dot
