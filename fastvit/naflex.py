@@ -9,9 +9,10 @@ each image's valid patches (and its prefix tokens) become one sequence of the pa
 costs nothing and its gradient is exactly zero.
 
 Each image's patch grid is (max y + 1, max x + 1) over its valid patches; the position table
-is resampled once per distinct grid and each patch takes the row of its own coordinate (timm
-adds the resampled grid to the first h*w sequence positions instead: the same thing for the
-row-major patches its collator produces). ``NaFlexFastViT`` holds timm's NaFlex parameter names
+is resampled once per distinct grid and each patch takes the row of its own coordinate. timm
+takes the maximum over all L positions, padding included, and adds the resampled grid to the
+first h*w sequence positions: the same thing for what its collator produces (row-major
+patches first, zero coordinates at the padding), which is what the tests feed both. ``NaFlexFastViT`` holds timm's NaFlex parameter names
 (``embeds.proj``, ``embeds.pos_embed`` (1, H, W, D), ``embeds.cls_token``,
 ``embeds.reg_token``); a plain ``FastViT`` takes NaFlex batches too (its patch convolution
 applied as the equivalent Linear, its position table resampled as for image batches).
@@ -350,6 +351,9 @@ class NaFlexFastViT(FastViT):
                 raise ValueError(f"images[{i}] must be a (C, H, W) tensor, got {type(img).__name__} of shape "
                                  f"{tuple(getattr(img, 'shape', ()))}")
             self.check_input(img[None])
+            if img.dtype != images[0].dtype or img.device != images[0].device:
+                raise ValueError(f"images[{i}] is {img.dtype} on {img.device} but images[0] is {images[0].dtype} on "
+                                 f"{images[0].device}; they must match")
         grids = [(img.shape[-2] // self.patch_size[0], img.shape[-1] // self.patch_size[1]) for img in images]
         patches = torch.cat([patchify(img[None], self.patch_size, self.embeds.channels_last)[0] for img in images])
         coord = torch.cat([torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1).view(-1, 2)
