@@ -248,7 +248,7 @@ def cmd_profile(args) -> int:
     if args.resolutions:
         check_resolutions(args.model, args.resolutions, "--resolutions")
     plan = report.make_plan(args.model, device, dtype, args.resolutions, args.backends, reps=args.reps,
-                            threads=args.threads, compare=args.compare)
+                            threads=args.threads, compare=args.compare, mixed=args.mixed)
     progress = _progress(report.steps(plan) + (0 if args.no_plots else 1), enabled=not args.no_progress)
     results = report.run_profile(plan, progress=progress, command=portable_command(args.argv),
                                  keep_going=args.keep_going)

@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "resnet50): parameters and FLOPs at 224px, whole-model peak memory against resolution "
                         f"({_csv(defaults.COMPARE_RESOLUTIONS['cuda'])}px on CUDA, "
                         f"{_csv(defaults.COMPARE_RESOLUTIONS['cpu'])}px on CPU) and speed")
+    mix = defaults.MIXED
+    p.add_argument("--mixed", action="store_true",
+                   help="add a 'Mixed resolution' section: a seeded mix of image sizes run packed (model(list)), "
+                        "padded to the longest and one image at a time; FLOPs (model), peak memory and speed "
+                        f"(measured). The mix: {mix['cuda']['images']} images of {mix['cuda']['min_side']}-"
+                        f"{mix['cuda']['max_side']}px on CUDA, {mix['cpu']['images']} of {mix['cpu']['min_side']}-"
+                        f"{mix['cpu']['max_side']}px on {mix['cpu']['model']} on CPU")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("flops", help="analytic FLOPs of a model by component",

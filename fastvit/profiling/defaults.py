@@ -26,6 +26,19 @@ COMPARE_RESOLUTIONS = {"cuda": (224, 384, 512, 768, 1024), "cpu": (224, 320, 448
 # FLOPs and parameters of both are compared at this size (torchvision's published figures are at 224).
 COMPARE_FLOPS_SIZE = 224
 
+# ``fastvit profile --mixed``: a seeded mix of image sizes, packed (``model(list)``) against padded and
+# one image at a time. Sides from ``min_side`` to ``max_side`` in steps of ``step`` px (rounded to the
+# patch size); each image's height drawn first, then its width among the sides within the aspect
+# ratios (width / height) ``min_aspect`` to ``max_aspect``. ``model`` None: the profile's model.
+MIXED = {
+    "cuda": {"images": 32, "min_side": 128, "max_side": 512, "step": 16, "min_aspect": 0.5, "max_aspect": 2.0,
+             "seed": 0, "model": None},
+    # a CPU stand-in: 8 small images and a tiny model (the mix's whole-model training step in the tracker
+    # takes seconds here; ViT-B's on the GPU mix would take many minutes)
+    "cpu": {"images": 8, "min_side": 32, "max_side": 128, "step": 16, "min_aspect": 0.5, "max_aspect": 2.0,
+            "seed": 0, "model": "vit_tiny_patch16_224"},
+}
+
 # -- the CPU-run policy -------------------------------------------------------------------------
 # The triton backend's memory rows stop here on a CPU: the interpreter takes ~25 s per attention
 # call at 384 px and ~15 min at 1024 px on two cores.
@@ -53,6 +66,10 @@ SUITE_CPU_CASES = {
 # only at 224 px.
 CPU_COMPARE_REASON = ("CPU: a whole ViT in Triton's interpreter takes minutes per call; its memory is measured on "
                       "a GPU run")
+# The --mixed section on a CPU: the whole model on the triton backend is not measured (Triton's interpreter
+# runs every GEMM of every block in numpy: minutes per call even for the tiny model); the attention op is.
+CPU_MIXED_MODEL_REASON = ("CPU: the whole model in Triton's interpreter takes minutes per call; its memory is "
+                          "measured on a GPU run")
 # ... and the only torch.compile cases of that subset: (op, mode, size).
 SUITE_CPU_COMPILE = {("attention", "fwd", 224), ("block", "fwd", 224)}
 
@@ -99,3 +116,8 @@ def suite_cpu_skip_reason(op: str, backend: str, mode: str, size: int) -> str | 
     if size not in SUITE_CPU_CASES[op][mode]:
         return f"CPU: {op} {mode} at {size}px is slow here; set FASTVIT_BENCH_FULL=1 to run it"
     return None
+
+
+def mixed_spec(device) -> dict:
+    """The image mix of ``fastvit profile --mixed`` on ``device`` (a copy of ``MIXED[...]``)."""
+    return dict(MIXED["cuda" if str(device).startswith("cuda") else "cpu"])

@@ -34,13 +34,15 @@ class Plan:
     budget_s: float | None = None     # timing budget per (op, mode, resolution)
     reps: int | None = None           # timed rounds; None: from the budget
     compare: dict | None = None       # --compare CNN: {"cnn", "resolutions", "backends", "speed_sizes", ...}
+    mixed: dict | None = None         # --mixed: {"model", "spec", "sizes", "memory_backends", ...} (see _mixed_plan)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=None, backends=None,
-              reps: int | None = None, threads: int | None = None, compare: str | None = None) -> Plan:
+              reps: int | None = None, threads: int | None = None, compare: str | None = None,
+              mixed: bool = False) -> Plan:
     """What ``fastvit profile`` runs. On CUDA: memory at every resolution; speed of every op at
     the smallest and the largest, the whole model at the smallest only (at the largest it adds
     nothing a block does not show, and compiling it twice more costs minutes). On a CPU: the
@@ -78,10 +80,11 @@ def make_plan(model: str = DEFAULT_MODEL, device=None, dtype=None, resolutions=N
         speed_threads = threads or defaults.CPU_TIMING_THREADS
         notes += _cpu_notes(small, large, backends, mem_backends, triton_mem, speed_threads, threads is not None)
     cmp = _compare_plan(compare, model, device, backends, notes) if compare else None
+    mix = _mixed_plan(model, device, backends, notes) if mixed else None
     return Plan(model=model, device=str(device), dtype=speed_cases.dtype_name(dtype), resolutions=resolutions,
                 memory_backends=mem_backends, triton_memory_resolutions=triton_mem, speed_groups=groups,
                 speed_backends=backends, compile_ops=compile_ops, notes=notes, reps=reps,
-                speed_threads=speed_threads, compare=cmp)
+                speed_threads=speed_threads, compare=cmp, mixed=mix)
 
 
 def _compare_plan(cnn: str, model: str, device: torch.device, backends: list, notes: list) -> dict:
@@ -103,6 +106,30 @@ def _compare_plan(cnn: str, model: str, device: torch.device, backends: list, no
                      "); speed forward only, at the smallest size.")
     return {"cnn": cnn, "resolutions": sizes, "backends": vit_backends, "flops_size": defaults.COMPARE_FLOPS_SIZE,
             "speed_sizes": sizes[:1], "speed_modes": list(speed_cases.MODES) if cuda else ["fwd"]}
+
+
+def _mixed_plan(model: str, device: torch.device, backends: list, notes: list) -> dict:
+    """The mixed-resolution section: the mix of ``defaults.mixed_spec`` (its sizes drawn here, so the
+    plan records them), on the profile's model on CUDA or the spec's stand-in on a CPU; memory on
+    eager, sdpa (and triton: on a CPU the attention op only, in Triton's interpreter); speed on the
+    backends that change attention (triton only on CUDA: the rows say why not)."""
+    from .flops import vit_shape
+    from .mixed import draw_sizes
+
+    cuda = device.type == "cuda"
+    spec = defaults.mixed_spec(device)
+    name = spec["model"] or model
+    sizes = draw_sizes(spec, vit_shape(name).patch_size[0])
+    attn = [b for b in ("eager", "sdpa", "triton") if b in backends]
+    if not cuda:
+        notes.append(f"CPU run: mixed resolution on a stand-in mix, {spec['images']} images of {spec['min_side']}-"
+                     f"{spec['max_side']}px on {name} (a GPU run: {defaults.MIXED['cuda']['images']} images of "
+                     f"{defaults.MIXED['cuda']['min_side']}-{defaults.MIXED['cuda']['max_side']}px on the profile's "
+                     "model)" + ("; the triton backend's attention memory in Triton's interpreter, its whole-model "
+                                 "memory and its speed not run" if "triton" in backends else "") + ".")
+    return {"model": name, "spec": spec, "sizes": sizes, "memory_backends": attn, "attention_backends": attn,
+            "speed_backends": [b for b in ("eager", "sdpa", "triton") if b in backends],
+            "speed_modes": list(speed_cases.MODES)}
 
 
 def _cpu_notes(small, large, backends, mem_backends, triton_mem, threads, asked) -> list[str]:
@@ -145,4 +172,8 @@ def steps(plan: Plan) -> int:
     compare_steps = 0
     if cmp:
         compare_steps = 1 + 2 * len(cmp["resolutions"]) * (1 + len(cmp["backends"])) + len(cmp["speed_modes"])
-    return 1 + len(memory_jobs(plan)) + speed_steps + 1 + compare_steps
+    mx = plan.mixed
+    mixed_steps = 0
+    if mx:
+        mixed_steps = 1 + 2 * 3 * (len(mx["memory_backends"]) + len(mx["attention_backends"])) + len(mx["speed_modes"])
+    return 1 + len(memory_jobs(plan)) + speed_steps + 1 + compare_steps + mixed_steps

@@ -34,8 +34,10 @@ def render_markdown(results: dict) -> str:
     autotuner picks (if any), roofline predictions."""
     out = _header_md(results) + _failures_md(results) + _flops_md(results) + _memory_md(results)
     from .render_compare import compare_md
+    from .render_mixed import mixed_md
 
-    out += _speed_md(results) + compare_md(results) + _autotune_md(results) + _roofline_md(results)
+    out += _speed_md(results) + compare_md(results) + mixed_md(results) + _autotune_md(results)
+    out += _roofline_md(results)
     out += ["Raw numbers: `results.json` (same labels: `source: measured` or `source: model`).", ""]
     return "\n".join(out)
 

@@ -179,6 +179,10 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
     if plan.compare:
         from .compare import run_compare
         compare = run_compare(plan, progress, keep_going)
+    mixed = None
+    if plan.mixed:
+        from .mixed import run_mixed
+        mixed = run_mixed(plan, progress, keep_going)
     progress("roofline predictions (model)")
     roof = _roofline_section(plan)
     env = environment(plan.device)
@@ -191,6 +195,10 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
         failures += [{"case": f"compare {part} {r['mode']} {r['network']} {r['backend']} {r['img_size']}px",
                       "error": r["error"]} for part in ("memory", "speed") for r in compare[part]["rows"]
                      if r.get("error")]
+    if mixed:
+        failures += [{"case": " ".join(["mixed", part] + [r[k] for k in ("scope", "mode", "backend", "way") if k in r]),
+                      "error": r["error"]} for part in ("memory", "speed") for r in mixed[part]["rows"]
+                     if r.get("error")]
     return {
         "fastvit_profile": 1,
         "command": command,
@@ -202,6 +210,7 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
         "speed": speed_rows,
         "roofline": roof,
         **({"compare": compare} if compare else {}),
+        **({"mixed": mixed} if mixed else {}),
         "autotune": {"source": "measured", "picks": autotune_picks(),
                      "note": "the configuration each autotuned kernel picked in this run, by autotune key"},
         "failures": failures,
