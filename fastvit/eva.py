@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .backend import check_backend
-from .layers import AttentionProbe, DropPath, LayerNorm, Mlp, Pending
+from .layers import AttentionProbe, DropPath, LayerNorm, Mlp, Pending, init_heads
 
 MLP_LAYERS = ("mlp", "swiglu", "swiglu_packed")
 
@@ -129,12 +129,7 @@ class EvaAttention(nn.Module):
                  num_prefix_tokens: int = 1, rope_pairing: str = "interleaved", attn_drop: float = 0.0,
                  proj_drop: float = 0.0, backend: str = "auto"):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.backend = check_backend(backend)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        init_heads(self, dim, num_heads, backend)
         self.num_prefix_tokens = num_prefix_tokens
         self.rope_pairing = rope_pairing
         if qkv_fused:

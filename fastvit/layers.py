@@ -112,6 +112,16 @@ def _gamma(ls: nn.Module) -> torch.Tensor | None:
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
 
+def init_heads(module: nn.Module, dim: int, num_heads: int, backend: str) -> None:
+    """What every attention module holds: its backend, heads, head dim and softmax scale."""
+    if dim % num_heads:
+        raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
+    module.backend = check_backend(backend)
+    module.num_heads = num_heads
+    module.head_dim = dim // num_heads
+    module.scale = module.head_dim ** -0.5
+
+
 # What an attention probe receives: the module, its queries and keys (B, H, Nq, D), (B, H, N, D)
 # as the attention op saw them, and the logsumexp of every score row (B, H, Nq). Used by
 # FastViT.attention_maps through probe_attention.
@@ -136,12 +146,7 @@ class Attention(nn.Module):
                  proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, norm_eps: float = 1e-6,
                  backend: str = "auto"):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.backend = check_backend(backend)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        init_heads(self, dim, num_heads, backend)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         norm = (lambda: LayerNorm(self.head_dim, eps=norm_eps, backend=backend)) if qk_norm else nn.Identity
         self.q_norm, self.k_norm = norm(), norm()

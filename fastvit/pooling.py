@@ -7,8 +7,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .backend import check_backend
-from .layers import AttentionProbe, LayerNorm, Mlp, attend
+from .layers import AttentionProbe, LayerNorm, Mlp, attend, init_heads
 
 GLOBAL_POOLS = ("token", "avg", "map", "")
 
@@ -21,12 +20,7 @@ class AttentionPoolLatent(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  norm_eps: float = 1e-6, gelu_approximate: str = "none", backend: str = "auto"):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.backend = check_backend(backend)
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        init_heads(self, dim, num_heads, backend)
         self.latent_len = 1
         self.latent = nn.Parameter(torch.zeros(1, 1, dim))
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
