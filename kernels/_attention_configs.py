@@ -83,6 +83,9 @@ class ArchFamily(NamedTuple):
     max_tile_values: int = 96
     max_chunked_dkdv_values: int = 72
     max_dropout_values: int = 16
+    # dK/dV with dropout on a head dim of several chunks: the score tile per thread (sm_80: a
+    # 32 x 64 tile on 8 warps, 8 values, spilled 8 bytes at head dim 80; 4 did not).
+    max_chunked_dkdv_dropout_values: int = 4
 
 
 # Shared memory budget per block: sm_86/sm_89/sm_120 allow 99 KB (sm_80 163 KB, sm_90/sm_100
@@ -178,7 +181,8 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
     stay <= the family's max_dropout_values (ATTENTION_MAX_DROPOUT_VALUES on "nvidia"), halved
     for dK/dV, whose keep mask is live across two dots.
     dK/dV on a head dim of several chunks (``chunks``; by default, a width that is not a power
-    of two has more than one): <= the family's max_chunked_dkdv_values.
+    of two has more than one): <= the family's max_chunked_dkdv_values, and with dropout a score
+    tile of at most max_chunked_dkdv_dropout_values.
     Shared memory: ``attention_smem_estimate`` <= the family's budget.
     """
     fam = ARCH_FAMILIES[family]
@@ -197,6 +201,8 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
         if values + operand_rows * block_d // threads > ATTENTION_MAX_FP32_VALUES:
             return False
     if dropout and score > fam.max_dropout_values // (2 if kernel == "dkdv" else 1):
+        return False
+    if dropout and kernel == "dkdv" and chunks > 1 and score > fam.max_chunked_dkdv_dropout_values:
         return False
     return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem) <= fam.smem_budget
 

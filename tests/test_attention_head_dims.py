@@ -125,6 +125,9 @@ def test_instruction_ratio_follows_the_chunked_head_dim_on_sm80(scaling):
         if r["head_dim"] != 64:  # what padding to 128 issued
             assert r["ratio_padded_model"] == 2.0 and r["ratio_measured"] < 1.9, where
         assert r["spill_bytes"] == 0, where
+    # The compile report's table (fastvit compile-report prints it; --json has the rows).
+    table = hdr.format_markdown(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| sm_80 | fwd | 64 |")
 
 
 def test_sm90_keeps_warpgroup_mma_at_chunked_head_dims(scaling):
