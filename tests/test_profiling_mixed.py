@@ -153,7 +153,7 @@ def test_mixed_section_in_report_and_results_json(mixed_run):
     assert "GFLOPs (model)" in section and "peak MiB (measured)" in section and "### Speed (measured)" in section
     share = m["flops"]["padding_share"]
     assert f"For this mix, padding is **{share:.0%} of the padded batch's FLOPs** (model" in section
-    assert "of its whole-model peak memory in inference" in section and "not run: needs CUDA" in section
+    assert "of its whole-model peak memory in inference" in section and "- triton: needs CUDA" in section
     assert "3 images on **vit_tiny_patch16_224**" in section and "seed 1" in section
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["mixed"]["flops"]["padding_share"] == share and saved["plan"]["mixed"]["sizes"] == m["sizes"]

@@ -125,8 +125,8 @@ def _mixed_plan(model: str, device: torch.device, backends: list, notes: list) -
         notes.append(f"CPU run: mixed resolution on a stand-in mix, {spec['images']} images of {spec['min_side']}-"
                      f"{spec['max_side']}px on {name} (a GPU run: {defaults.MIXED['cuda']['images']} images of "
                      f"{defaults.MIXED['cuda']['min_side']}-{defaults.MIXED['cuda']['max_side']}px on the profile's "
-                     "model)" + ("; the triton backend's attention memory in Triton's interpreter, its whole-model "
-                                 "memory and its speed not run" if "triton" in backends else "") + ".")
+                     "model)" + ("; the triton backend: attention-op memory measured in Triton's interpreter, "
+                                 "whole-model memory and speed not run" if "triton" in backends else "") + ".")
     return {"model": name, "spec": spec, "sizes": sizes, "memory_backends": attn, "attention_backends": attn,
             "speed_backends": [b for b in ("eager", "sdpa", "triton") if b in backends],
             "speed_modes": list(speed_cases.MODES)}

@@ -94,7 +94,8 @@ def _speed_md(m) -> list[str]:
     rows, skipped = [], {}
     for r in s["rows"]:
         if not r.get("available", True):
-            skipped.setdefault(f"{r['backend']}: {_why(r)}", []).append(f"{r['mode']} {r['way']}")
+            why = f"failed: {r['error']}" if r.get("error") else r["reason"]
+            skipped.setdefault(f"{r['backend']}: {why}", []).append(f"{r['mode']} {r['way'].replace('_', ' ')}")
             continue
         rows.append([r["mode"], r["backend"], _WAY[r["way"]], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.1f}",
                      f"{r['time_vs_packed']:.2f}x", r["reps"]])
