@@ -129,3 +129,22 @@ def test_bad_arguments():
         rl.attention_cost(1, 1, 0, 8, 2)
     with pytest.raises(ValueError, match="width"):
         rl.layer_norm_cost(4, -1, 2)
+
+
+def test_block_op_costs_columns_order_the_backends():
+    """Per op, bytes never grow from eager to sdpa to fused; sdpa's attention is the fused kernel,
+    its LayerNorm and GELU are not; compile folds the add into the LayerNorm but not GELU."""
+    args = dict(batch=32, heads=12, tokens=197, head_dim=64, width=768, hidden=3072)
+    for op, mode in (("attention", "fwd"), ("attention", "fwdbwd"), ("add + layer_norm", "fwd"), ("fc1 + gelu", "fwd")):
+        c = {k: sum(p["bytes"] for p in v) for k, v in rl.block_op_costs(op, mode, **args).items()}
+        assert set(c) == set(rl.BACKEND_COLUMNS)
+        assert c["eager"] >= c["sdpa"] >= c["fused"] and c["sdpa"] >= c["compile"] >= c["fused"], (op, c)
+    att = rl.block_op_costs("attention", "fwd", **args)
+    assert att["sdpa"][0]["bytes"] == att["fused"][0]["bytes"] < att["eager"][0]["bytes"]
+    ln = rl.block_op_costs("add + layer_norm", "fwd", **args)
+    assert ln["sdpa"][0]["bytes"] > ln["compile"][0]["bytes"] == ln["fused"][0]["bytes"]
+    fc1 = rl.block_op_costs("fc1 + gelu", "fwd", **args)
+    t = 32 * 197 * 3072 * 2  # one (tokens, hidden) bf16 activation: sdpa writes h and reads it back
+    assert fc1["sdpa"][0]["bytes"] - fc1["fused"][0]["bytes"] == 2 * t
+    with pytest.raises(ValueError, match="op must be"):
+        rl.block_op_costs("softmax", "fwd", **args)

@@ -259,13 +259,14 @@ GELU_FLOPS_PER_ELEMENT = 8  # a nominal count for x * Phi(x); erf/tanh cost vari
 
 
 def mlp_fc1_cost(tokens: int, in_f: int, out_f: int, dtype_bytes: int = 2,
-                 fused: bool = True) -> dict:
+                 fused: bool = True, bias_in_gemm: bool = False) -> dict:
     """FLOPs and DRAM bytes of ``gelu(x @ W^T + b)``, the first Linear of a ViT MLP, forward.
 
     Unfused: the GEMM writes the pre-activation, the bias add reads and writes it again, GELU
     reads it and writes the output (PyTorch often folds the bias into the GEMM epilogue, so this
-    is the upper end of eager's traffic). Fused: one GEMM with a bias + GELU epilogue reads x, W
-    and b and writes only the output.
+    is the upper end of eager's traffic; ``bias_in_gemm=True`` is that folding: cuBLAS's addmm
+    writes x @ W^T + b, then GELU reads and writes it). Fused: one GEMM with a bias + GELU
+    epilogue reads x, W and b and writes only the output.
     """
     _positive(tokens=tokens, in_f=in_f, out_f=out_f, dtype_bytes=dtype_bytes)
     x = tokens * in_f * dtype_bytes
@@ -277,9 +278,49 @@ def mlp_fc1_cost(tokens: int, in_f: int, out_f: int, dtype_bytes: int = 2,
     if fused:
         ops = [_op("y = gelu(x @ W^T + b)", reads=x + w + b, writes=h, flops=gemm,
                    elementwise=elems * (1 + GELU_FLOPS_PER_ELEMENT))]
+    elif bias_in_gemm:
+        ops = [_op("h = x @ W^T + b", reads=x + w + b, writes=h, flops=gemm, elementwise=elems),
+               _op("y = gelu(h)", reads=h, writes=h, elementwise=GELU_FLOPS_PER_ELEMENT * elems)]
     else:
         ops = [_op("h = x @ W^T", reads=x + w, writes=h, flops=gemm),
                _op("h = h + b", reads=h + b, writes=h, elementwise=elems),
                _op("y = gelu(h)", reads=h, writes=h, elementwise=GELU_FLOPS_PER_ELEMENT * elems)]
-    return _total(ops, op="mlp_fc1", fused=fused, tokens=tokens, in_f=in_f,
+    return _total(ops, op="mlp_fc1", fused=fused, bias_in_gemm=bias_in_gemm, tokens=tokens, in_f=in_f,
                   out_f=out_f, dtype_bytes=dtype_bytes)
+
+
+# What each way of running a ViT block launches, per op (the columns of the report's roofline
+# table; all "model"):
+#   eager    the papers' graph in PyTorch: the N x N matrix through DRAM, a separate residual add,
+#            bias add and GELU
+#   sdpa     what timm and transformers run: FlashAttention-class fused attention (counted as our
+#            fused kernels: same reads and writes), add + LayerNorm unfused, cuBLAS GEMM with the
+#            bias in its epilogue, then GELU
+#   compile  torch.compile's default (inductor) fusions as modelled here: attention through SDPA,
+#            the add folded into the LayerNorm reduction, GEMM + bias by cuBLAS then a GELU
+#            pointwise kernel (max-autotune's Triton GEMM templates can fuse GELU too: not modelled)
+#   fused    fastvit's triton backend
+BACKEND_COLUMNS = ("eager", "sdpa", "compile", "fused")
+
+
+def block_op_costs(op: str, mode: str, batch: int, heads: int, tokens: int, head_dim: int, width: int,
+                   hidden: int, dtype_bytes: int = 2) -> dict[str, list[dict]]:
+    """The costs of one block op (``"attention"``, ``"add + layer_norm"``, ``"fc1 + gelu"``) per
+    column of BACKEND_COLUMNS; ``mode`` "fwd" or "fwdbwd" (attention only)."""
+    rows, e = batch * tokens, dtype_bytes
+    if op == "attention":
+        passes = (False, True) if mode == "fwdbwd" else (False,)
+        flash = [attention_cost(batch, heads, tokens, head_dim, e, "fused", bw) for bw in passes]
+        eager = [attention_cost(batch, heads, tokens, head_dim, e, "eager", bw) for bw in passes]
+        return {"eager": eager, "sdpa": flash, "compile": flash, "fused": flash}
+    if mode != "fwd":
+        raise ValueError(f"mode must be 'fwd' for {op!r}, got {mode!r}")
+    if op == "add + layer_norm":
+        unfused = [layer_norm_cost(rows, width, e, fused=False, residual=True)]
+        fused = [layer_norm_cost(rows, width, e, fused=True, residual=True)]
+        return {"eager": unfused, "sdpa": unfused, "compile": fused, "fused": fused}
+    if op == "fc1 + gelu":
+        addmm_gelu = [mlp_fc1_cost(rows, width, hidden, e, fused=False, bias_in_gemm=True)]
+        return {"eager": [mlp_fc1_cost(rows, width, hidden, e, fused=False)], "sdpa": addmm_gelu,
+                "compile": addmm_gelu, "fused": [mlp_fc1_cost(rows, width, hidden, e, fused=True)]}
+    raise ValueError(f"op must be 'attention', 'add + layer_norm' or 'fc1 + gelu', got {op!r}")

@@ -130,32 +130,26 @@ def _roofline_section(plan: Plan) -> dict:
         for size in sizes:
             s = vit_shape(plan.model, size)
             B = speed.default_batch(s.tokens, "cuda")
-            costs = {
-                ("attention", "fwd"): {k: [roofline.attention_cost(B, s.num_heads, s.tokens, s.head_dim, e, k)]
-                                       for k in ("eager", "fused")},
-                ("attention", "fwdbwd"): {k: [roofline.attention_cost(B, s.num_heads, s.tokens, s.head_dim, e, k, bw)
-                                              for bw in (False, True)] for k in ("eager", "fused")},
-                ("add + layer_norm", "fwd"): {
-                    "eager": [roofline.layer_norm_cost(B * s.tokens, s.embed_dim, e, fused=False, residual=True)],
-                    "fused": [roofline.layer_norm_cost(B * s.tokens, s.embed_dim, e, fused=True, residual=True)]},
-                ("fc1 + gelu", "fwd"): {
-                    "eager": [roofline.mlp_fc1_cost(B * s.tokens, s.embed_dim, s.mlp_hidden, e, fused=False)],
-                    "fused": [roofline.mlp_fc1_cost(B * s.tokens, s.embed_dim, s.mlp_hidden, e, fused=True)]},
-            }
-            for (op, mode), kinds in costs.items():
+            for op, mode in (("attention", "fwd"), ("attention", "fwdbwd"), ("add + layer_norm", "fwd"),
+                             ("fc1 + gelu", "fwd")):
+                kinds = roofline.block_op_costs(op, mode, B, s.num_heads, s.tokens, s.head_dim, s.embed_dim,
+                                                s.mlp_hidden, e)
                 pred = {}
                 for kind, parts in kinds.items():
                     ps = [roofline.predict_cost(c, g, dtype) for c in parts]
-                    pred[kind] = {"time_s": sum(p["time_s"] for p in ps), "flops": sum(c["flops"] for c in parts),
-                                  "bytes": sum(c["bytes"] for c in parts),
+                    pred[kind] = {"time_s": sum(p["time_s"] for p in ps), "bytes": sum(c["bytes"] for c in parts),
                                   "bound": "+".join(sorted({p["bound"] for p in ps}))}
-                rows.append({"gpu": g.name, "dtype": dtype, "op": op, "mode": mode, "img_size": size,
-                             "tokens": s.tokens, "batch": B, "eager_us": pred["eager"]["time_s"] * 1e6,
-                             "fused_us": pred["fused"]["time_s"] * 1e6, "eager_bound": pred["eager"]["bound"],
-                             "fused_bound": pred["fused"]["bound"], "eager_bytes": pred["eager"]["bytes"],
-                             "fused_bytes": pred["fused"]["bytes"],
-                             "predicted_speedup": pred["eager"]["time_s"] / pred["fused"]["time_s"],
-                             "source": "model"})
+                row = {"gpu": g.name, "dtype": dtype, "op": op, "mode": mode, "img_size": size,
+                       "tokens": s.tokens, "batch": B, "source": "model"}
+                for kind in roofline.BACKEND_COLUMNS:
+                    row[f"{kind}_us"] = pred[kind]["time_s"] * 1e6
+                    row[f"{kind}_bound"] = pred[kind]["bound"]
+                    row[f"{kind}_bytes"] = pred[kind]["bytes"]
+                fused = pred["fused"]["time_s"]
+                row["predicted_speedup"] = pred["eager"]["time_s"] / fused  # over eager (the baseline)
+                row["speedup_vs_sdpa"] = pred["sdpa"]["time_s"] / fused
+                row["speedup_vs_compile"] = pred["compile"]["time_s"] / fused
+                rows.append(row)
     return {"source": "model", "dtype": dtype,
             "note": "roofline: time >= max(FLOPs / peak, DRAM bytes / bandwidth), data-sheet peaks; a prediction, "
                     "not a measurement", "rows": rows}
