@@ -32,8 +32,10 @@ class FastViT(nn.Module):
     (layer scale), ``qk_norm``, ``proj_bias``, ``global_pool`` in "token", "avg", "map" (attention
     pooling, SigLIP) and "" (no pooling), ``fc_norm`` (None: timm's default, a norm after pooling
     for "avg"), ``act_layer`` in "gelu", "gelu_tanh", "quick_gelu" (or ``gelu_approximate`` in
-    "none", "tanh", "quick"), ``norm_eps``. Any input size divisible by the patch works: position
-    embeddings are resampled on the fly (timm's ``dynamic_img_size``).
+    "none", "tanh", "quick"), ``norm_eps``. ``dynamic_img_size`` (default True, unlike timm): any
+    input size divisible by the patch works, position embeddings resampled on the fly as timm's
+    ``dynamic_img_size=True`` does; False refuses inputs of another size than ``img_size``, as
+    timm's fixed-size models do (``set_img_size`` changes it).
 
     timm's ``Eva`` options (EVA-02, DINOv3, vit_*_rope_*; ``fastvit.eva``): ``rope`` (rotary
     position embeddings: "eva02", "dinov3", a ``fastvit.rope.RopeConfig`` or a dict of its
@@ -50,7 +52,7 @@ class FastViT(nn.Module):
                  backend="auto", *, qk_norm=False, proj_bias=True, init_values=None, class_token=True,
                  reg_tokens=0, no_embed_class=False, dist_token=False, pre_norm=False, fc_norm=None,
                  act_layer=None, norm_eps=LN_EPS, rope=None, mlp_layer="mlp", scale_mlp=False, qkv_fused=True,
-                 pos_embed="learn"):
+                 pos_embed="learn", dynamic_img_size=True):
         super().__init__()
         rope = as_rope_config(rope)
         eva = check_eva_options(rope, mlp_layer, scale_mlp, qkv_fused, pos_embed, qk_norm, proj_bias,
@@ -72,6 +74,7 @@ class FastViT(nn.Module):
         self.num_reg_tokens = int(reg_tokens)
         self.num_prefix_tokens = int(class_token) + int(dist_token) + self.num_reg_tokens
         self.distilled_training = False
+        self.dynamic_img_size = bool(dynamic_img_size)
         self.grad_checkpointing = False
 
         # Built on the meta device, then given storage and initialised once by init_weights:
@@ -187,6 +190,9 @@ class FastViT(nn.Module):
         if x.shape[1] != in_chans:
             raise ValueError(f"x must have {in_chans} channels (dim 1), got {x.shape[1]} (shape {tuple(x.shape)})")
         _check_divisible(tuple(x.shape[-2:]), self.patch_size, "x's height and width")
+        if not self.dynamic_img_size and tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(f"x's height and width {tuple(x.shape[-2:])} must be the model's img_size {self.img_size} "
+                             f"(dynamic_img_size=False); build with dynamic_img_size=True or call set_img_size")
 
     def _embedded_prefix(self) -> int:
         """How many prefix tokens the position embedding covers (timm's ``no_embed_class``)."""

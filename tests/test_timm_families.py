@@ -235,3 +235,12 @@ def test_init_weights_sets_every_parameter(monkeypatch, name):
         assert torch.isfinite(p).all(), key
     if "dinov2" in name:
         assert torch.equal(model.blocks[0].ls1.gamma, torch.full((768,), 1e-5))
+
+
+def test_dynamic_img_size_false_refuses_other_sizes_as_timm_does():
+    fixed = fastvit.FastViT(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, dynamic_img_size=False)
+    fixed(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"must be the model's img_size \(32, 32\) \(dynamic_img_size=False\)"):
+        fixed(torch.randn(1, 3, 32, 48))
+    fixed.set_img_size((32, 48))
+    assert fixed(torch.randn(1, 3, 32, 48)).shape == (1, 1000)
