@@ -21,7 +21,7 @@ from ._attention_common import (LOG2E, _cast, _dot_rows_t, _dropout_keep, _hint_
                                 unit_last_stride)
 from ._checks import require_out
 from ._interpret import dot
-from .attention_bwd import _attn_bwd_preprocess, _preprocess_block
+from ._attention_delta import _attn_bwd_preprocess, _preprocess_block
 from .attention_varlen import (INDEX_POINTERS, _base, _program_span, check_packed, launch, launch_args,
                                varlen_configs, varlen_prune)
 
