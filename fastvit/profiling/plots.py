@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .render import MIB, PLOT_FILES
+from .markdown import MIB, PLOT_FILES
 from .speed_cases import SPEED_BACKENDS
 
 __all__ = ["make_plots"]

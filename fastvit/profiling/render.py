@@ -6,35 +6,20 @@ not run says why ("not run: <stated reason>"); one whose case raised says "faile
 """
 from __future__ import annotations
 
+from .markdown import MIB, PLOT_FILES, md_table as _md_table, mib as _mib, plot_ref as _plot_ref
+from .render_compare import compare_md
+from .render_mixed import mixed_md
+
 __all__ = ["render_markdown", "PLOT_FILES", "MIB"]
-
-PLOT_FILES = {"memory": "memory_vs_resolution.png", "speedup": "speedup.png",
-              "compare": "vit_vs_cnn_memory.png"}
-MIB = 2 ** 20
-
-
-def _md_table(header: list[str], rows: list[list], align: str | None = None) -> str:
-    align = align or "l" + "r" * (len(header) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
 
 def _g(x) -> str:
     return f"{x / 1e9:,.2f}"
-
-
-def _mib(x) -> str:
-    return "-" if x is None else f"{x / MIB:,.2f}"
 
 
 def render_markdown(results: dict) -> str:
     """The whole ``report.md``: header and notes, failures (if any), FLOPs, memory, speed,
     autotuner picks (if any), roofline predictions."""
     out = _header_md(results) + _failures_md(results) + _flops_md(results) + _memory_md(results)
-    from .render_compare import compare_md
-    from .render_mixed import mixed_md
 
     out += _speed_md(results) + compare_md(results) + mixed_md(results) + _autotune_md(results)
     out += _roofline_md(results)
@@ -175,12 +160,3 @@ def _roofline_md(results: dict) -> list[str]:
     out += [_md_table(["GPU", "op", "mode", "img px", "batch", "eager us", "sdpa us", "compile us", "fused us",
                        "vs eager", "vs sdpa", "vs compile"], rows, "lllrrrrrrrrr"), ""]
     return out
-
-
-def _plot_ref(results: dict, key: str, caption: str) -> list[str]:
-    plots = results.get("plots") or {}
-    if PLOT_FILES[key] in plots.get("files", []):
-        return [f"![{caption}]({PLOT_FILES[key]})", ""]
-    if plots.get("note"):
-        return [f"_No plot: {plots['note']}_", ""]
-    return []

@@ -1,7 +1,7 @@
 """The "ViT against a CNN" section of ``report.md`` (``fastvit profile --compare CNN``)."""
 from __future__ import annotations
 
-from .render import _md_table, _mib, _plot_ref
+from .markdown import md_table as _md_table, mib as _mib, plot_ref as _plot_ref
 
 __all__ = ["compare_md"]
 

@@ -1,7 +1,7 @@
 """The "Mixed resolution" section of ``report.md`` (``fastvit profile --mixed``)."""
 from __future__ import annotations
 
-from .render import MIB, _md_table
+from .markdown import md_table as _md_table, mib
 
 __all__ = ["mixed_md", "headline"]
 
@@ -9,7 +9,7 @@ _WAY = {"packed": "packed (`model(list)`)", "padded": "padded to the longest", "
 
 
 def _mib(x) -> str:
-    return "-" if x is None else f"{x / MIB:,.3f}"
+    return mib(x, digits=3)
 
 
 def _why(r) -> str:
