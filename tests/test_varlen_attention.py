@@ -21,6 +21,7 @@ from fastvit.kernels import attention as KD
 from fastvit.kernels import attention_varlen as KV
 from fastvit.kernels import attention_varlen_bwd as KVB
 from fastvit.ops import _attention_triton as TA
+from fastvit.ops import _varlen_attention_triton  # noqa: F401  (registers the fastvit::varlen_* custom ops)
 from tests._simulated_gpu import clear_tuning, simulated_gpu, skip_on_gpu
 from tests._tolerances import assert_close_to_reference, rel_err
 
