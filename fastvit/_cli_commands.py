@@ -108,7 +108,9 @@ def _cmd_flops_cnn(args) -> int:
                       "flops": r["flops"], "attention_share": 0.0, "attention_to_linear": 0.0})
     pub = published(args.model)
     if args.json:
-        _emit_json({**rep, "attention_share_by_resolution": share, "published": pub})
+        # the ViT report's keys, none of which a CNN has (FlopReport: prefix tokens, ViT structure)
+        _emit_json({"prefix_tokens": None, "structure": None, **rep, "attention_share_by_resolution": share,
+                    "published": pub})
         return 0
     print(f"{args.model} @ {size}x{size}, batch {args.batch}: {rep['params'] / 1e6:.2f} M params "
           f"(counter: {rep['counter']})")

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from fastvit import FastViT, ops
+from fastvit import FastViT, model_config, ops
 from fastvit.profiling.memory import (LiveTensorTracker, attention_model_bytes, attention_scores, fit_slope,
                                       fit_slopes, format_memory_table, measure_attention, measure_model,
                                       measure_peak, memory_table, model_memory_bytes, triton_unavailable)
@@ -233,3 +233,55 @@ def test_attention_only_op_runs_under_the_tracker_unchanged():
     q, k, v = (torch.randn(1, 2, 9, 8) for _ in range(3))
     m = measure_peak(lambda: ops.attention(q, k, v, backend="eager"), keep_result=True)
     torch.testing.assert_close(m.result, ops.attention(q, k, v, backend="sdpa"))
+
+
+# -- models the analytic model does not represent ------------------------------------------------------
+@pytest.mark.parametrize("name,size", [("eva02_tiny_patch14_224", 28), ("vit_small_patch16_dinov3", 32)])
+def test_cli_model_scope_on_eva_and_dinov3(name, size, capsys):
+    """`fastvit memory --scope model` measures every registered model; where the analytic model
+    does not represent the blocks (Eva blocks: rope, SwiGLU) its column says "not modelled"
+    instead of a wrong number, and the slope of the model column is left out."""
+    from fastvit.cli import main
+
+    argv = ["memory", "--model", name, "--scope", "model", "--depth", "1", "--resolutions", f"{size},{2 * size}",
+            "--backends", "sdpa", "--device", "cpu", "--no-progress"]
+    assert main(argv + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    prefix = 1 + model_config(name).reg_tokens
+    assert [r["tokens"] for r in d["rows"]] == [(s // model_config(name).patch_size) ** 2 + prefix
+                                               for s in (size, 2 * size)] * 2
+    for r in d["rows"]:
+        assert r["available"] and r["peak_bytes"] > 0 and r["depth"] == 1
+        assert r["model_bytes"] is None and r["model_note"].startswith("not modelled: Eva blocks (rope")
+    assert all(s["slope"] is not None and s["model_slope"] is None for s in d["slopes"])
+    text = format_memory_table(d)  # what the command prints without --json
+    assert text.count("not modelled: Eva blocks") == 4 and "nan" not in text
+
+
+def test_not_modelled_parts_and_modelled_ones_keep_their_number():
+    from fastvit.profiling.flops import vit_shape
+    from fastvit.profiling.memory import not_modelled
+
+    assert not_modelled(vit_shape("vit_base_patch16_224"), "training") is None
+    assert not_modelled(vit_shape("eva02_base_patch14_224"), "inference") == \
+        "Eva blocks (rope, SwiGLU, scale_mlp norm)"
+    assert not_modelled(vit_shape("vit_base_patch14_reg4_dinov2"), "inference") is None
+    assert not_modelled(vit_shape("vit_base_patch14_reg4_dinov2"), "training") == "layer scale"
+    assert not_modelled(vit_shape("vit_base_patch16_siglip_224"), "training") == "MAP pooling"
+    # registers and no class token are represented (the token count has every prefix token)
+    cfg = dict(TINY, reg_tokens=4, no_embed_class=True)
+    r = measure_model(cfg, 48, backend="sdpa", mode="training", batch=2)
+    assert r["tokens"] == 36 + 5 and "model_note" not in r
+    assert r["peak_bytes"] == pytest.approx(r["model_bytes"], rel=0.03)
+    r = measure_model(dict(TINY, init_values=1e-5), 48, backend="sdpa", mode="training")
+    assert r["model_bytes"] is None and r["model_note"] == "not modelled: layer scale" and r["peak_bytes"] > 0
+
+
+def test_attention_scope_has_the_models_prefix_tokens():
+    from fastvit.profiling.model_shape import vit_shape
+
+    report = memory_table("vit_small_patch16_dinov3", (32,), backends=("sdpa",), modes=("inference",),
+                          scopes=("attention", "model"), depth=1)
+    tokens = vit_shape("vit_small_patch16_dinov3", 32).tokens
+    assert [r["tokens"] for r in report.rows] == [4 + 5, 4 + 5] == [tokens, tokens]
+    assert report.rows[0]["model_bytes"] and report.rows[1]["model_bytes"] is None

@@ -27,8 +27,8 @@ from .tracker import LiveTensorTracker, PeakMeasurement, measure_peak
 
 __all__ = ["LiveTensorTracker", "PeakMeasurement", "measure_peak", "attention_scores", "attention_model_bytes",
            "model_memory_bytes", "measure_attention", "measure_model", "memory_table", "MemoryReport",
-           "fit_slope", "fit_slopes", "triton_unavailable", "format_memory_table", "DEFAULT_RESOLUTIONS",
-           "MODES", "SCOPES", "MEMORY_BACKENDS"]
+           "fit_slope", "fit_slopes", "triton_unavailable", "not_modelled", "format_memory_table",
+           "DEFAULT_RESOLUTIONS", "MODES", "SCOPES", "MEMORY_BACKENDS"]
 
 SCOPES = ("attention", "model")
 
@@ -53,15 +53,18 @@ def triton_unavailable(device) -> str | None:
 
 def measure_attention(img_size=224, *, patch_size=16, num_heads: int = 12, head_dim: int = 64,
                       backend: str = "eager", mode: str = "inference", batch: int = 1, dtype=torch.float32,
-                      device="cpu", peak_breakdown: bool = False) -> dict:
+                      device="cpu", peak_breakdown: bool = False, num_prefix_tokens: int = 1) -> dict:
     """Peak memory of one attention call (q, k, v of shape (batch, heads, tokens, head_dim), tokens
-    = patches + CLS) on ``backend``: ``inference`` under no_grad, ``training`` forward + backward
+    = patches + ``num_prefix_tokens``: the model's class, distillation and register tokens, by
+    default one CLS) on ``backend``: ``inference`` under no_grad, ``training`` forward + backward
     with q, k, v requiring grad. Returns a row dict (see :func:`memory_table`)."""
     _check_choice(backend, MEMORY_BACKENDS, "backend")
     _check_choice(mode, MODES, "mode")
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be a non-negative int, got {num_prefix_tokens!r}")
     device = torch.device(device)
     sc = attention_scores(img_size, patch_size)
-    N = sc["tokens"]
+    N = sc["patches"] + num_prefix_tokens
     h, w = _pair(img_size)
     row = dict(img_size=h if h == w else [h, w], tokens=N, backend=backend, mode=mode, scope="attention",
                batch=batch, heads=num_heads, head_dim=head_dim, depth=1, dtype=str(dtype).replace("torch.", ""),
@@ -117,12 +120,15 @@ def measure_model(model_or_name=DEFAULT_MODEL, img_size=None, *, backend: str = 
         overrides["depth"] = depth
     shape = vit_shape(model_or_name, img_size, **overrides)
     h, w = shape.img_size
+    unmodelled = not_modelled(shape, mode)
     row = dict(img_size=h if h == w else [h, w], tokens=shape.tokens, backend=backend, mode=mode, scope="model",
                batch=batch, heads=shape.num_heads, head_dim=shape.head_dim, depth=shape.depth,
                dtype=str(dtype).replace("torch.", ""), device=str(device),
-               model_bytes=model_memory_bytes(model_or_name, img_size, backend=backend, mode=mode, batch=batch,
-                                              dtype=dtype, **overrides)["bytes"],
+               model_bytes=None if unmodelled else model_memory_bytes(
+                   model_or_name, img_size, backend=backend, mode=mode, batch=batch, dtype=dtype, **overrides)["bytes"],
                peak_bytes=None, available=True, reason=None, seconds=None, method=None)
+    if unmodelled:
+        row["model_note"] = f"not modelled: {unmodelled}"
     reason = triton_unavailable(device) if backend == "triton" else None
     if reason:
         row.update(available=False, reason=reason)
@@ -166,6 +172,29 @@ def measure_model(model_or_name=DEFAULT_MODEL, img_size=None, *, backend: str = 
     if m.breakdown is not None:
         row["breakdown"] = m.breakdown
     return row
+
+
+def not_modelled(shape, mode: str) -> str | None:
+    """The parts of a model (a ``ViTShape``) that the analytic model of a whole FastViT
+    (:func:`fastvit.profiling.memory_model.model_memory_bytes`) does not represent in ``mode``,
+    as a phrase, or None when it represents them all. Rows of such models get no ``model_bytes``
+    (their ``model_note`` says "not modelled: ...") rather than a number that is wrong. Measured
+    against the model on small configurations: rotary embeddings, SwiGLU, the norm inside the MLP,
+    Eva blocks and qk_norm change the peak in both modes; layer scale, the MAP head and norm_pre
+    change what training keeps for the backward. Update this list as memory_model.py grows."""
+    b = shape.blocks[0]
+    parts = []
+    if b.kind == "eva":
+        eva = [name for name, on in (("rope", b.rope), ("SwiGLU", b.mlp.gated), ("scale_mlp norm", b.mlp.norm))
+               if on]
+        parts.append("Eva blocks" + (f" ({', '.join(eva)})" if eva else ""))
+    if b.qk_norm:
+        parts.append("qk_norm")
+    if mode == "training":
+        parts += [name for name, on in (("layer scale", shape.layer_scale),
+                                        ("MAP pooling", shape.attn_pool is not None), ("norm_pre", shape.norm_pre))
+                  if on]
+    return ", ".join(parts) or None
 
 
 def _breakdown_tracker(wanted: bool, device, root=None, params=()):
@@ -229,7 +258,8 @@ def fit_slopes(rows: list[dict]) -> list[dict]:
                  "model_slope": None}
         if len({r["tokens"] for r in ok}) >= 2:
             entry["slope"] = fit_slope([r["tokens"] for r in ok], [r["peak_bytes"] for r in ok])
-            entry["model_slope"] = fit_slope([r["tokens"] for r in ok], [r["model_bytes"] for r in ok])
+            if all(r.get("model_bytes") for r in ok):  # "not modelled" rows have none
+                entry["model_slope"] = fit_slope([r["tokens"] for r in ok], [r["model_bytes"] for r in ok])
         out.append(entry)
     return out
 
@@ -269,7 +299,8 @@ def memory_table(model_or_name=DEFAULT_MODEL, resolutions=DEFAULT_RESOLUTIONS, *
                         shape = vit_shape(model_or_name, size, **overrides)
                         rows.append(measure_attention(size, patch_size=shape.patch_size, num_heads=shape.num_heads,
                                                       head_dim=shape.head_dim, backend=backend, mode=mode,
-                                                      batch=batch, dtype=dtype, device=device))
+                                                      batch=batch, dtype=dtype, device=device,
+                                                      num_prefix_tokens=shape.num_prefix_tokens))
                     else:
                         rows.append(measure_model(model_or_name, size, backend=backend, mode=mode, batch=batch,
                                                   depth=depth, dtype=dtype, device=device, **overrides))
@@ -291,6 +322,10 @@ def format_memory_table(report: MemoryReport | dict) -> str:
             why = f"failed: {r['error']}" if r.get("error") else f"not run: {r['reason']}"
             lines.append(f"{r['scope']:<10}{r['mode']:<10}{r['backend']:<8}{size:>6}{r['tokens']:>7}"
                          f"{'n/a':>12}{_mb(r['model_bytes']):>12}  {why}")
+            continue
+        if r.get("model_bytes") is None and r.get("model_note"):  # the analytic model does not cover it
+            lines.append(f"{r['scope']:<10}{r['mode']:<10}{r['backend']:<8}{size:>6}{r['tokens']:>7}"
+                         f"{_mb(r['peak_bytes']):>12}{'-':>12}{'-':>7}{r['seconds']:>8.2f}  {r['model_note']}")
             continue
         ratio = r["peak_bytes"] / r["model_bytes"] if r["model_bytes"] else float("nan")
         lines.append(f"{r['scope']:<10}{r['mode']:<10}{r['backend']:<8}{size:>6}{r['tokens']:>7}"
