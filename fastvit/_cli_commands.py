@@ -144,7 +144,8 @@ def cmd_memory(args) -> int:
             if args.scope == "attention":
                 s = vit_shape(args.model, size)
                 rows.append(measure_attention(size, patch_size=s.patch_size, num_heads=s.num_heads,
-                                              head_dim=s.head_dim, backend=backend, mode=mode, batch=args.batch,
+                                              head_dim=s.head_dim, num_prefix_tokens=s.num_prefix_tokens,
+                                              backend=backend, mode=mode, batch=args.batch,
                                               dtype=parse_dtype(dtype), device=device,
                                               peak_breakdown=args.peak_breakdown))
             else:

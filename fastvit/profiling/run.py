@@ -83,7 +83,8 @@ def _memory_section(plan: Plan, progress, keep_going: bool) -> dict:
         s = vit_shape(plan.model, size)
         try:
             rows.append(measure_attention(size, patch_size=s.patch_size, num_heads=s.num_heads, head_dim=s.head_dim,
-                                          backend=backend, mode=mode, batch=1, dtype=dtype, device=plan.device))
+                                          num_prefix_tokens=s.num_prefix_tokens, backend=backend, mode=mode, batch=1,
+                                          dtype=dtype, device=plan.device))
         except Exception as exc:  # noqa: BLE001 - re-raised as CaseError unless keep_going
             if not keep_going:
                 raise CaseError(label, exc) from exc
