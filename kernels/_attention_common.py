@@ -40,7 +40,8 @@ LN2 = tl.constexpr(0.6931471805599453)
 MAX_HEAD_DIM = 256
 # Lengths enter the autotune key rounded up to a power of two (N_Q_KEY, N_K_KEY; unused in the
 # kernels' bodies), so a new resolution does not re-tune or recompile everything.
-TUNING_KEY = ["N_Q_KEY", "N_K_KEY", "HEAD_DIM", "DROPOUT", "INPUT_PRECISION"]
+# ROPE (dense kernels only; a key a kernel does not take is skipped by the autotuner).
+TUNING_KEY = ["N_Q_KEY", "N_K_KEY", "HEAD_DIM", "DROPOUT", "INPUT_PRECISION", "ROPE"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def kernel_head_dim(fn, head_dim: int) -> dict:
 
 
 def dot_kernel_specs(kernel: str, fn, tensors: dict, dtypes, head_dims, dropout, *, family: str = "nvidia",
-                     configs=None) -> list[AotSpec]:
+                     configs=None, rope: int = 0) -> list[AotSpec]:
     """One spec per (configuration the autotuner may pick, dtype, head_dim, dropout) of one of the
     three tl.dot kernels. ``tensors`` maps each pointer argument to its dtype (None: the
     activation dtype). Pointers are 16-byte aligned at every launch compiled here (views of
@@ -253,11 +254,19 @@ def dot_kernel_specs(kernel: str, fn, tensors: dict, dtypes, head_dims, dropout,
     Triton specialises on. ``family``: the architecture family (``_configs.ARCH_FAMILIES``) whose
     configurations are compiled; ``configs(kernel, width, dtype, dropout)`` replaces them (default:
     what ``_configs.attention_configs`` keeps for the family, i.e. what its autotuner may pick).
+    ``rope``: the ROPE constexpr of a kernel that takes one (1 "half", 2 "interleaved": fp32
+    tables; 0: none), which the configurations are pruned for too.
     Configuration keywords that are not kernel arguments (AMD's ``waves_per_eu``,
     ``matrix_instr_nonkdim``) are compile options, as they are at launch."""
     if configs is None:
         def configs(kern, width, dtype, drop):
-            return _configs.attention_configs(kern, width, dtype, drop, family=family)
+            return _configs.attention_configs(kern, width, dtype, drop, family=family, rope=bool(rope))
+    rope_pointers, rope_constexprs = {}, {}
+    if "ROPE" in fn.arg_names:
+        table = torch.float32 if rope else None
+        rope_pointers, rope_constexprs = {"Cos": table, "Sin": table}, {"ROPE": int(rope)}
+    elif rope:
+        raise ValueError(f"rope: {fn.__name__} takes no RoPE tables")
     specs = []
     for dtype in dtypes:
         for head_dim in head_dims:
@@ -269,11 +278,12 @@ def dot_kernel_specs(kernel: str, fn, tensors: dict, dtypes, head_dims, dropout,
                             f"n{cfg.kwargs['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
                             + "".join(f"_{k}{v}" for k, v in sorted(cfg.kwargs.items())
                                       if k not in ("BLOCK_M", "BLOCK_N"))
-                            + ("_dropout" if drop else ""))
-                    constexprs = {**dims, "DROPOUT": drop, "INPUT_PRECISION": input_precision(dtype),
+                            + ("_dropout" if drop else "") + (f"_rope{rope}" if rope else ""))
+                    constexprs = {**dims, **rope_constexprs, "DROPOUT": drop, "INPUT_PRECISION": input_precision(dtype),
                                   **{k: v for k, v in cfg.kwargs.items() if k in fn.arg_names}}
                     specs.append(aot_spec(
-                        name, fn, pointers={k: v or dtype for k, v in tensors.items()}, constexprs=constexprs,
+                        name, fn, pointers={**{k: v or dtype for k, v in tensors.items()}, **rope_pointers},
+                        constexprs=constexprs,
                         floats=("sm_scale", "dropout_p"), aligned=aligned_strides(fn, head_dim),
                         num_warps=cfg.num_warps, num_stages=cfg.num_stages, mma=True,
                         options={k: v for k, v in cfg.kwargs.items() if k not in fn.arg_names}))

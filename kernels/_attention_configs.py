@@ -73,6 +73,29 @@ _AMD = {
 AMD_MATRIX_INSTR_NONKDIM = 16
 
 
+class RopeBudget(NamedTuple):
+    """Register budgets of ``attention_config_fits`` with RoPE (``rope=True``), in fp32 values
+    per thread: the filter's ``values`` (accumulators + two score tiles) plus ``rotated``, the
+    tile each iteration rotates (k: BLOCK_N x width in the forward and dQ; q: BLOCK_M x width in
+    dK/dV) over the threads. Calibrated on ptxas for sm_80 and sm_90 at head dims 64, 80 and 128,
+    fp16 and bf16, ROPE 1 and 2, with and without dropout, every candidate compiled (the RoPE
+    rotation stages the rotated tile through shared memory and its fp32 halves and tables take
+    registers in the loop; ptxas then sits at 255 registers for most tiles, and whether it spills
+    is steep in the tile size):
+      forward: <= 112 kept everything that did not spill (at 128: 64 x 32 on 4 warps spilled 12-336
+      bytes); dQ: <= 104, with dropout <= 56 (at 80, 128 x 32 and 64 x 32 tiles spilled 16 bytes
+      with dropout; at 128, 64 x 32 on 8 warps 16); dK/dV: <= 88 and score + rotated <= 24 (64 x 64
+      on 8 warps spilled 420-764 bytes at 64, 32 x 64 on 4 warps 8-32), and on a head dim of
+      several chunks only tiles of ``chunked_dkdv_warps`` warps (at 80 every 8-warp tile spilled,
+      12 bytes to 13 KB; 16 x 32 on 4 warps did not)."""
+    fwd: int = 112
+    dq: int = 104
+    dq_dropout: int = 56
+    dkdv: int = 88
+    dkdv_score: int = 24
+    chunked_dkdv_warps: int = 4
+
+
 class ArchFamily(NamedTuple):
     name: str
     warp_size: int
@@ -86,6 +109,9 @@ class ArchFamily(NamedTuple):
     # dK/dV with dropout on a head dim of several chunks: the score tile per thread (sm_80: a
     # 32 x 64 tile on 8 warps, 8 values, spilled 8 bytes at head dim 80; 4 did not).
     max_chunked_dkdv_dropout_values: int = 4
+    # With RoPE (see RopeBudget). Calibrated on "nvidia"; the other families' budgets are
+    # nvidia's scaled by their max_tile_values (ptxas 13.x / the AMD backend not compiled with RoPE).
+    rope: RopeBudget = RopeBudget()
 
 
 # Shared memory budget per block: sm_86/sm_89/sm_120 allow 99 KB (sm_80 163 KB, sm_90/sm_100
@@ -97,7 +123,8 @@ ARCH_FAMILIES = {
     # 12.x ptxas of sm_80/sm_90: on sm_120, dK/dV at head dim 80 spilled 28-72 bytes at 72 values
     # (64 x 64 tiles) and with dropout at 8-value score tiles; on sm_100 the forward spilled at 96.
     "blackwell": ArchFamily("blackwell", 32, ATTENTION_SMEM_BUDGET, _BLACKWELL, max_tile_values=80,
-                            max_chunked_dkdv_values=56, max_dropout_values=8),
+                            max_chunked_dkdv_values=56, max_dropout_values=8,
+                            rope=RopeBudget(fwd=96, dq=88, dq_dropout=48, dkdv=72, dkdv_score=20)),
     # gfx942, waves_per_eu 2 (256 VGPRs): the forward with dropout spilled 60 bytes at a 16-value
     # score tile (128 x 32, head dim 128), none at 8.
     "amd": ArchFamily("amd", 64, 64 * 1024, _AMD, max_dropout_values=8),
@@ -157,18 +184,22 @@ def attention_width(dims: dict) -> int:
 
 
 def attention_smem_estimate(kernel: str, block_m: int, block_n: int, num_stages: int, block_d: int,
-                            elem: int) -> int:
+                            elem: int, rope: bool = False) -> int:
     """Shared memory of the pipelined loads as Triton lays them out on sm_90 (sm_80 uses one
     stage less): the streamed pair (k, v, or q, dO for dK/dV) once per stage, plus the resident
-    tiles (q; q, dO; k, v). ``block_d``: the head-dim width computed on."""
+    tiles (q; q, dO; k, v). ``block_d``: the head-dim width computed on. With RoPE the streamed
+    tile's fp32 cos and sin (width / 2 each per row) are pipelined too, in num_stages - 1
+    buffers, plus up to 2 KB (measured on sm_80 and sm_90 at head dims 64, 80 and 128: within
+    1.5 KB of this for power-of-two head dims, well under it for chunked ones)."""
     streamed = block_n if kernel in ("fwd", "dq") else block_m
     resident_rows = {"fwd": block_m, "dq": 2 * block_m, "dkdv": 2 * block_n}[kernel]
-    return (num_stages * 2 * streamed + resident_rows) * block_d * elem
+    tables = (num_stages - 1) * streamed * block_d * 4 + 2048 if rope else 0
+    return (num_stages * 2 * streamed + resident_rows) * block_d * elem + tables
 
 
 def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: int, num_stages: int,
                           block_d: int, elem: int, dropout: bool = False, *, family: str = "nvidia",
-                          chunks: int | None = None) -> bool:
+                          chunks: int | None = None, rope: bool = False) -> bool:
     """The filter behind the attention prune functions; ``block_d`` is the head-dim width
     computed on (``attention_width``), threads are num_warps x the family's warp size.
 
@@ -183,6 +214,7 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
     dK/dV on a head dim of several chunks (``chunks``; by default, a width that is not a power
     of two has more than one): <= the family's max_chunked_dkdv_values, and with dropout a score
     tile of at most max_chunked_dkdv_dropout_values.
+    RoPE (``rope``): the family's ``RopeBudget`` on values plus the rotated tile per thread.
     Shared memory: ``attention_smem_estimate`` <= the family's budget.
     """
     fam = ARCH_FAMILIES[family]
@@ -204,17 +236,34 @@ def attention_config_fits(kernel: str, block_m: int, block_n: int, num_warps: in
         return False
     if dropout and kernel == "dkdv" and chunks > 1 and score > fam.max_chunked_dkdv_dropout_values:
         return False
-    return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem) <= fam.smem_budget
+    if rope and not _rope_fits(kernel, block_m, block_n, num_warps, values, score, threads, block_d, dropout,
+                               chunks, fam.rope):
+        return False
+    return attention_smem_estimate(kernel, block_m, block_n, num_stages, block_d, elem, rope) <= fam.smem_budget
+
+
+def _rope_fits(kernel, block_m, block_n, num_warps, values, score, threads, block_d, dropout, chunks,
+               budget: RopeBudget) -> bool:
+    """``attention_config_fits``'s RoPE rules (see ``RopeBudget``)."""
+    rotated = (block_m if kernel == "dkdv" else block_n) * block_d // threads
+    if kernel == "fwd":
+        return values + rotated <= budget.fwd
+    if kernel == "dq":
+        return values + rotated <= (budget.dq_dropout if dropout else budget.dq)
+    if chunks > 1 and num_warps > budget.chunked_dkdv_warps:
+        return False
+    return values + rotated <= budget.dkdv and score + rotated <= budget.dkdv_score
 
 
 def attention_configs(kernel: str, block_d: int, dtype, dropout: bool = False, *,
-                      family: str = "nvidia") -> list[triton.Config]:
+                      family: str = "nvidia", rope: bool = False) -> list[triton.Config]:
     """The configurations the autotuner may pick for ``kernel`` on ``family`` at a head-dim width
-    (``attention_width``), dtype and dropout (never empty: the last, lightest candidate if the
-    filter keeps nothing)."""
+    (``attention_width``), dtype, dropout and RoPE (never empty: the last, lightest candidate if
+    the filter keeps nothing)."""
     elem = dtype.itemsize
     cands = ARCH_FAMILIES[family].candidates[kernel]
-    kept = [c for c in cands if attention_config_fits(kernel, *c[:4], block_d, elem, dropout, family=family)]
+    kept = [c for c in cands if attention_config_fits(kernel, *c[:4], block_d, elem, dropout, family=family,
+                                                      rope=rope)]
     kept = kept[:ATTENTION_MAX_CONFIGS] or [cands[-1]]
     return [_attention_config(*c) for c in kept]
 
@@ -228,7 +277,8 @@ ATTENTION_CONFIGS = {kernel: list({config_key(c): c for c in (
 def _prune_attention(kernel: str, configs, named_args, kwargs):
     args = merged_args(named_args, kwargs)
     keep = {config_key(c) for c in attention_configs(kernel, attention_width(args), args["Q"].dtype,
-                                                      bool(args["DROPOUT"]), family=device_family(args["Q"].device))}
+                                                      bool(args["DROPOUT"]), family=device_family(args["Q"].device),
+                                                      rope=bool(args.get("ROPE", 0)))}
     return [c for c in configs if config_key(c) in keep]
 
 

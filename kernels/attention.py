@@ -8,7 +8,9 @@ softmax(q k^T * scale) v without the N x N matrix in memory, for any sequence le
 bf16 and fp32, with optional attention dropout regenerated in the backward from a counter-based
 RNG. q, k, v, out and their gradients are addressed by (batch, head, token) strides with a unit
 last stride, so views of a packed qkv Linear output and an output laid out as (B, N, H*D) are
-read and written in place.
+read and written in place. With rotary tables (``cos``, ``sin``: self-attention) q and k are
+rotated inside the kernels' loads and dq, dk rotated back as stored (``kernels/_attention_rope.py``):
+the rotated q and k never exist in memory.
 
 Kernels here:
   ``_attn_fwd``             one program per (query block, batch*head): online softmax in fp32
@@ -30,9 +32,7 @@ from ._attention_common import (
     LOG2E,
     _cast,
     _dot_rows,
-    _dot_rows_t,
     _dropout_keep,
-    _load_chunk,
     _program_block,
     _slice_base,
     _hint_strides,
@@ -49,6 +49,7 @@ from ._attention_common import (
     tuned,
     unit_last_stride,
 )
+from ._attention_rope import _dot_rows_t_qk, _load_qk, rope_args
 from ._checks import KERNEL_DTYPES, require_out
 from ._interpret import dot, input_precision
 from .attention_bwd import aot_specs as _bwd_aot_specs
@@ -60,18 +61,21 @@ __all__ = ["attention_fwd", "attention_bwd", "attention_dropout_mask", "aot_spec
 @triton.jit
 def _attn_fwd(
     Q, K, V, Out, Lse,
+    Cos, Sin,  # RoPE tables (N - NUM_PREFIX, HEAD_DIM) fp32, or None (ROPE 0)
     sm_scale, seed, dropout_p,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, N_Q, N_K,
+    NUM_PREFIX,  # tokens before the first rotated one (RoPE only)
     N_Q_KEY, N_K_KEY,  # autotuning buckets (next power of two of N_Q, N_K); unused in the body
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
+    ROPE: tl.constexpr,  # 0 none, 1 "half", 2 "interleaved": q, k rotated in registers (_attention_rope.py)
 ):
     stride_qb, stride_qh, stride_qn = _hint_strides(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
     stride_kb, stride_kh, stride_kn = _hint_strides(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
@@ -92,14 +96,16 @@ def _attn_fwd(
     v_base = V + off_b * stride_vb + off_h * stride_vh
 
     # One q tile and one output accumulator per head-dim chunk (the second and third exist only
-    # when the head dim is not a power of two: compile-time branches).
-    q0 = _load_chunk(q_base, rows, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM)
+    # when the head dim is not a power of two: compile-time branches). With RoPE, q and k are
+    # rotated as they are loaded, in pair order (kernels/_attention_rope.py).
+    q0 = _load_qk(q_base, rows, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX, ROPE)
     acc0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if D1 > 0:
-        q1 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM)
+        q1 = _load_qk(q_base, rows, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX, ROPE)
         acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
     if D2 > 0:
-        q2 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+        q2 = _load_qk(q_base, rows, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX,
+                      ROPE)
         acc2 = tl.zeros([BLOCK_M, D2], tl.float32)
     qk_scale = sm_scale * LOG2E
 
@@ -109,12 +115,14 @@ def _attn_fwd(
         cols = start_n + offs_n
         mask_n = cols < N_K
         # q k^T: one dot per chunk, summed in the fp32 score tile.
-        s = _dot_rows_t(q0, k_base, offs_n, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM,
-                        tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
+        s = _dot_rows_t_qk(q0, k_base, offs_n, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM,
+                           tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION, Cos, Sin, cols, NUM_PREFIX, ROPE)
         if D1 > 0:
-            s = _dot_rows_t(q1, k_base, offs_n, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM, s, INPUT_PRECISION)
+            s = _dot_rows_t_qk(q1, k_base, offs_n, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM, s, INPUT_PRECISION,
+                               Cos, Sin, cols, NUM_PREFIX, ROPE)
         if D2 > 0:
-            s = _dot_rows_t(q2, k_base, offs_n, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM, s, INPUT_PRECISION)
+            s = _dot_rows_t_qk(q2, k_base, offs_n, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM, s, INPUT_PRECISION,
+                               Cos, Sin, cols, NUM_PREFIX, ROPE)
         s = s * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Every block holds at least one real key, so m_new is finite and exp2 never sees inf - inf.
@@ -192,12 +200,21 @@ def attention_fwd(
     seed: int = 0,  # Philox seed of the dropout mask, in [0, 2**31)
     out: torch.Tensor | None = None,  # (B, H, Nq, D) in q's dtype, unit last stride (e.g. a view of (B, Nq, H*D))
     lse: torch.Tensor | None = None,  # (B, H, Nq) fp32, contiguous
+    cos: torch.Tensor | None = None,  # (N - num_prefix_tokens, D) fp32 contiguous RoPE tables (fastvit/rope.py)
+    sin: torch.Tensor | None = None,  # (N - num_prefix_tokens, D), with cos
+    num_prefix_tokens: int = 0,  # leading tokens not rotated (class / register tokens)
+    pairing: str = "half",  # "half" (channel i with i + D/2) or "interleaved" (2i with 2i + 1)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q k^T * sm_scale) (with dropout) v and the fp32 natural-log logsumexp of each row."""
+    """softmax(q k^T * sm_scale) (with dropout) v and the fp32 natural-log logsumexp of each row.
+
+    With ``cos`` and ``sin`` (self-attention only), q and k are first rotated as
+    ``fastvit.ops.rope.apply_rope`` does (fp32, rounded once to the input dtype), inside the
+    kernel's loads: the rotated q and k never exist in memory."""
     check_inputs(q, k, v)
     B, H, n_q, D = q.shape
     n_k = k.shape[2]
     check_dropout(dropout_p, seed)
+    rope = rope_args(q, k, cos, sin, num_prefix_tokens, pairing)
     q, k, v = (unit_last_stride(t) for t in (q, k, v))
     out = torch.empty_like(q, memory_format=torch.contiguous_format) if out is None else out
     require_out(out, "out", q.shape, q.dtype, q.device)
@@ -215,7 +232,7 @@ def attention_fwd(
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_ob=out.stride(0), stride_oh=out.stride(1), stride_on=out.stride(2),
         H=H, N_Q=n_q, N_K=n_k, **length_keys(n_q, n_k),
-        **chunk_constexprs(D),
+        **chunk_constexprs(D), **rope,
         DROPOUT=dropout_p > 0.0, INPUT_PRECISION=input_precision(q.dtype), STRIDE_ALIGN=stride_align(q, k, v, out),
     ))
     return out, lse
@@ -237,17 +254,19 @@ def attention_dropout_mask(B: int, H: int, n_q: int, n_k: int, dropout_p: float,
 
 
 def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True), *,
-              family: str = "nvidia") -> list:
+              family: str = "nvidia", rope=(0, 1, 2)) -> list:
     """Every configuration the GPU autotuner may pick on the architecture family ``family``
-    (``_configs.ARCH_FAMILIES``), per dtype, head_dim and dropout, for the forward here and the
-    backward's kernels (``attention_bwd.aot_specs``): exactly those ``kernels/_configs.py`` keeps
-    after pruning, so a compile report over them covers everything a GPU can run."""
+    (``_configs.ARCH_FAMILIES``), per dtype, head_dim, dropout and ROPE (0 none, 1 "half",
+    2 "interleaved"), for the forward here and the backward's kernels
+    (``attention_bwd.aot_specs``): exactly those ``kernels/_configs.py`` keeps after pruning, so a
+    compile report over them covers everything a GPU can run."""
     for dtype in dtypes:
         if dtype not in KERNEL_DTYPES:
             raise ValueError(f"dtypes: the attention kernels take {KERNEL_DTYPES}, got {dtype}")
-    fwd = dot_kernel_specs("fwd", _attn_fwd, {"Q": None, "K": None, "V": None, "Out": None, "Lse": torch.float32},
-                           dtypes, head_dims, dropout, family=family)
-    return fwd + _bwd_aot_specs(head_dims, dtypes, dropout, family=family)
+    fwd = [s for r in rope for s in dot_kernel_specs(
+        "fwd", _attn_fwd, {"Q": None, "K": None, "V": None, "Out": None, "Lse": torch.float32}, dtypes, head_dims,
+        dropout, family=family, rope=r)]
+    return fwd + _bwd_aot_specs(head_dims, dtypes, dropout, family=family, rope=rope)
 
 
 def head_dim_scaling_specs(head_dims, dtype=torch.float16, *, family: str = "nvidia") -> list:

@@ -4,7 +4,8 @@
   ``_attn_bwd_dkdv``        one program per (key block, batch*head): dK, dV over all query blocks.
   ``_attn_bwd_dq``          one program per (query block, batch*head): dQ over all key blocks.
 
-P is recomputed from the saved logsumexp and the dropout mask from its seed. Every program owns
+P is recomputed from the saved logsumexp and the dropout mask from its seed; with RoPE, q and k
+are rotated again as they are loaded (``kernels/_attention_rope.py``). Every program owns
 the rows it writes, so there are no atomics and two runs give bitwise-equal gradients.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ._attention_common import (
     tuned,
     unit_last_stride,
 )
+from ._attention_rope import _load_qk, _store_dqk, rope_args
 from ._attention_delta import _attn_bwd_preprocess, _preprocess_block
 from ._checks import require_out
 from ._interpret import dot, input_precision
@@ -47,6 +49,7 @@ __all__ = ["attention_bwd", "aot_specs"]
 @triton.jit
 def _attn_bwd_dkdv(
     Q, K, V, DOut, Lse, Delta, DK, DV,
+    Cos, Sin,  # RoPE tables (N - NUM_PREFIX, HEAD_DIM) fp32, or None (ROPE 0)
     sm_scale, seed, dropout_p,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -55,12 +58,14 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkn,
     stride_dvb, stride_dvh, stride_dvn,
     H, N_Q, N_K,
+    NUM_PREFIX,  # tokens before the first rotated one (RoPE only)
     N_Q_KEY, N_K_KEY,  # autotuning buckets; unused in the body
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
+    ROPE: tl.constexpr,  # 0 none, 1 "half", 2 "interleaved" (kernels/_attention_rope.py)
 ):
     stride_qb, stride_qh, stride_qn = _hint_strides(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
     stride_kb, stride_kh, stride_kn = _hint_strides(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
@@ -81,17 +86,19 @@ def _attn_bwd_dkdv(
 
     k_base = _slice_base(K, off_b, off_h, start_n, stride_kb, stride_kh, stride_kn)
     v_base = _slice_base(V, off_b, off_h, start_n, stride_vb, stride_vh, stride_vn)
-    k0 = _load_chunk(k_base, cols, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM)
+    # With RoPE, k (resident) and q (streamed) rotated as loaded, dk rotated back as stored.
+    k0 = _load_qk(k_base, cols, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM, Cos, Sin, offs_n, NUM_PREFIX, ROPE)
     v0 = _load_chunk(v_base, cols, stride_vn, mask_n, 0, BLOCK_D, HEAD_DIM)
     dk0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv0 = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if D1 > 0:
-        k1 = _load_chunk(k_base, cols, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM)
+        k1 = _load_qk(k_base, cols, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM, Cos, Sin, offs_n, NUM_PREFIX, ROPE)
         v1 = _load_chunk(v_base, cols, stride_vn, mask_n, BLOCK_D, D1, HEAD_DIM)
         dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
         dv1 = tl.zeros([BLOCK_N, D1], tl.float32)
     if D2 > 0:
-        k2 = _load_chunk(k_base, cols, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
+        k2 = _load_qk(k_base, cols, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, offs_n, NUM_PREFIX,
+                      ROPE)
         v2 = _load_chunk(v_base, cols, stride_vn, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
         dk2 = tl.zeros([BLOCK_N, D2], tl.float32)
         dv2 = tl.zeros([BLOCK_N, D2], tl.float32)
@@ -105,13 +112,14 @@ def _attn_bwd_dkdv(
     for start_m in range(0, N_Q, BLOCK_M):
         rows = start_m + offs_m
         mask_m = rows < N_Q
-        q0 = _load_chunk(q_base, offs_m, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM)
+        q0 = _load_qk(q_base, offs_m, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM, Cos, Sin, rows, NUM_PREFIX, ROPE)
         do0 = _load_chunk(do_base, offs_m, stride_don, mask_m, 0, BLOCK_D, HEAD_DIM)
         if D1 > 0:
-            q1 = _load_chunk(q_base, offs_m, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM)
+            q1 = _load_qk(q_base, offs_m, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM, Cos, Sin, rows, NUM_PREFIX, ROPE)
             do1 = _load_chunk(do_base, offs_m, stride_don, mask_m, BLOCK_D, D1, HEAD_DIM)
         if D2 > 0:
-            q2 = _load_chunk(q_base, offs_m, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+            q2 = _load_qk(q_base, offs_m, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, rows, NUM_PREFIX,
+                          ROPE)
             do2 = _load_chunk(do_base, offs_m, stride_don, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
         # lse = +inf on padded query rows makes their probabilities exactly 0.
         lse2 = tl.load(Lse + row_base + rows, mask=mask_m, other=float("inf")) * LOG2E
@@ -150,19 +158,23 @@ def _attn_bwd_dkdv(
 
     dk_base = _slice_base(DK, off_b, off_h, start_n, stride_dkb, stride_dkh, stride_dkn)
     dv_base = _slice_base(DV, off_b, off_h, start_n, stride_dvb, stride_dvh, stride_dvn)
-    _store_chunk(dk_base, cols, stride_dkn, mask_n, dk0 * sm_scale, 0, BLOCK_D, HEAD_DIM)
+    _store_dqk(dk_base, cols, stride_dkn, mask_n, dk0 * sm_scale, 0, BLOCK_D, HEAD_DIM, Cos, Sin, offs_n, NUM_PREFIX,
+               ROPE)
     _store_chunk(dv_base, cols, stride_dvn, mask_n, dv0, 0, BLOCK_D, HEAD_DIM)
     if D1 > 0:
-        _store_chunk(dk_base, cols, stride_dkn, mask_n, dk1 * sm_scale, BLOCK_D, D1, HEAD_DIM)
+        _store_dqk(dk_base, cols, stride_dkn, mask_n, dk1 * sm_scale, BLOCK_D, D1, HEAD_DIM, Cos, Sin, offs_n,
+                   NUM_PREFIX, ROPE)
         _store_chunk(dv_base, cols, stride_dvn, mask_n, dv1, BLOCK_D, D1, HEAD_DIM)
     if D2 > 0:
-        _store_chunk(dk_base, cols, stride_dkn, mask_n, dk2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM)
+        _store_dqk(dk_base, cols, stride_dkn, mask_n, dk2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, offs_n,
+                   NUM_PREFIX, ROPE)
         _store_chunk(dv_base, cols, stride_dvn, mask_n, dv2, BLOCK_D + D1, D2, HEAD_DIM)
 
 
 @triton.jit
 def _attn_bwd_dq(
     Q, K, V, DOut, Lse, Delta, DQ,
+    Cos, Sin,  # RoPE tables (N - NUM_PREFIX, HEAD_DIM) fp32, or None (ROPE 0)
     sm_scale, seed, dropout_p,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -170,12 +182,14 @@ def _attn_bwd_dq(
     stride_dob, stride_doh, stride_don,
     stride_dqb, stride_dqh, stride_dqn,
     H, N_Q, N_K,
+    NUM_PREFIX,  # tokens before the first rotated one (RoPE only)
     N_Q_KEY, N_K_KEY,  # autotuning buckets; unused in the body
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,  # head-dim chunks (0: absent)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     STRIDE_ALIGN: tl.constexpr,  # 8: every stride is a multiple of 8 (see _hint_strides)
+    ROPE: tl.constexpr,  # 0 none, 1 "half", 2 "interleaved" (kernels/_attention_rope.py)
 ):
     stride_qb, stride_qh, stride_qn = _hint_strides(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
     stride_kb, stride_kh, stride_kn = _hint_strides(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
@@ -192,15 +206,17 @@ def _attn_bwd_dq(
 
     q_base = _slice_base(Q, off_b, off_h, start_m, stride_qb, stride_qh, stride_qn)
     do_base = _slice_base(DOut, off_b, off_h, start_m, stride_dob, stride_doh, stride_don)
-    q0 = _load_chunk(q_base, rows, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM)
+    # With RoPE, q (resident) and k (streamed) rotated as loaded, dq rotated back as stored.
+    q0 = _load_qk(q_base, rows, stride_qn, mask_m, 0, BLOCK_D, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX, ROPE)
     do0 = _load_chunk(do_base, rows, stride_don, mask_m, 0, BLOCK_D, HEAD_DIM)
     dq0 = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if D1 > 0:
-        q1 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM)
+        q1 = _load_qk(q_base, rows, stride_qn, mask_m, BLOCK_D, D1, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX, ROPE)
         do1 = _load_chunk(do_base, rows, stride_don, mask_m, BLOCK_D, D1, HEAD_DIM)
         dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
     if D2 > 0:
-        q2 = _load_chunk(q_base, rows, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
+        q2 = _load_qk(q_base, rows, stride_qn, mask_m, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX,
+                      ROPE)
         do2 = _load_chunk(do_base, rows, stride_don, mask_m, BLOCK_D + D1, D2, HEAD_DIM)
         dq2 = tl.zeros([BLOCK_M, D2], tl.float32)
     row_ptrs = pid_bh.to(tl.int64) * N_Q + offs_m
@@ -215,11 +231,12 @@ def _attn_bwd_dq(
     for start_n in range(0, N_K, BLOCK_N):
         cols = start_n + offs_n
         mask_n = cols < N_K
-        k0 = _load_chunk(k_base, offs_n, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM)
+        k0 = _load_qk(k_base, offs_n, stride_kn, mask_n, 0, BLOCK_D, HEAD_DIM, Cos, Sin, cols, NUM_PREFIX, ROPE)
         if D1 > 0:
-            k1 = _load_chunk(k_base, offs_n, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM)
+            k1 = _load_qk(k_base, offs_n, stride_kn, mask_n, BLOCK_D, D1, HEAD_DIM, Cos, Sin, cols, NUM_PREFIX, ROPE)
         if D2 > 0:
-            k2 = _load_chunk(k_base, offs_n, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM)
+            k2 = _load_qk(k_base, offs_n, stride_kn, mask_n, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, cols, NUM_PREFIX,
+                          ROPE)
         s = dot(q0, tl.trans(k0), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), INPUT_PRECISION)
         if D1 > 0:
             s = dot(q1, tl.trans(k1), s, INPUT_PRECISION)
@@ -248,11 +265,14 @@ def _attn_bwd_dq(
         v_base += BLOCK_N * stride_vn
 
     dq_base = _slice_base(DQ, off_b, off_h, start_m, stride_dqb, stride_dqh, stride_dqn)
-    _store_chunk(dq_base, rows, stride_dqn, mask_m, dq0 * sm_scale, 0, BLOCK_D, HEAD_DIM)
+    _store_dqk(dq_base, rows, stride_dqn, mask_m, dq0 * sm_scale, 0, BLOCK_D, HEAD_DIM, Cos, Sin, offs_m, NUM_PREFIX,
+               ROPE)
     if D1 > 0:
-        _store_chunk(dq_base, rows, stride_dqn, mask_m, dq1 * sm_scale, BLOCK_D, D1, HEAD_DIM)
+        _store_dqk(dq_base, rows, stride_dqn, mask_m, dq1 * sm_scale, BLOCK_D, D1, HEAD_DIM, Cos, Sin, offs_m,
+                   NUM_PREFIX, ROPE)
     if D2 > 0:
-        _store_chunk(dq_base, rows, stride_dqn, mask_m, dq2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM)
+        _store_dqk(dq_base, rows, stride_dqn, mask_m, dq2 * sm_scale, BLOCK_D + D1, D2, HEAD_DIM, Cos, Sin, offs_m,
+                   NUM_PREFIX, ROPE)
 
 
 _attn_bwd_dkdv_tuned = tuned(_attn_bwd_dkdv, "dkdv", _configs.prune_attention_dkdv_configs)
@@ -274,12 +294,20 @@ def attention_bwd(
     dq: torch.Tensor | None = None,  # (B, H, Nq, D) outputs: any strides with a unit last stride
     dk: torch.Tensor | None = None,  # (B, H, Nk, D)
     dv: torch.Tensor | None = None,  # (B, H, Nk, D)
+    cos: torch.Tensor | None = None,  # the forward's RoPE tables (N - num_prefix_tokens, D) fp32, contiguous
+    sin: torch.Tensor | None = None,
+    num_prefix_tokens: int = 0,
+    pairing: str = "half",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``attention_fwd`` w.r.t. q, k, v, recomputing P from the saved logsumexp."""
+    """Gradients of ``attention_fwd`` w.r.t. q, k, v, recomputing P from the saved logsumexp.
+
+    With the forward's ``cos``, ``sin`` (q and k as given, unrotated), dq and dk are the
+    gradients w.r.t. the unrotated q and k: rotated again in registers, rotated back as stored."""
     check_inputs(q, k, v)
     B, H, n_q, D = q.shape
     n_k = k.shape[2]
     check_dropout(dropout_p, seed)
+    rope = rope_args(q, k, cos, sin, num_prefix_tokens, pairing)
     for name, t in (("dout", dout), ("out", out)):
         require_out(t, name, q.shape, q.dtype, q.device, unit_last_stride=False)
     require_out(lse, "lse", (B, H, n_q), torch.float32, q.device)
@@ -319,7 +347,7 @@ def attention_bwd(
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_dob=dout.stride(0), stride_doh=dout.stride(1), stride_don=dout.stride(2),
         H=H, N_Q=n_q, N_K=n_k, **length_keys(n_q, n_k),
-        **chunk_constexprs(D),
+        **chunk_constexprs(D), **rope,
         DROPOUT=dropout_p > 0.0, INPUT_PRECISION=input_precision(q.dtype),
         STRIDE_ALIGN=stride_align(q, k, v, dout, dq, dk, dv),
     )
@@ -336,12 +364,14 @@ def attention_bwd(
 
 
 def aot_specs(head_dims=(64, 80, 128), dtypes=(torch.float16, torch.bfloat16), dropout=(False, True), *,
-              family: str = "nvidia") -> list:
-    """dK/dV and dQ in every configuration the autotuner may pick on ``family``, and the delta pass."""
+              family: str = "nvidia", rope=(0, 1, 2)) -> list:
+    """dK/dV and dQ in every configuration the autotuner may pick on ``family`` (per ROPE in
+    ``rope``), and the delta pass (which RoPE does not touch)."""
     both = {"Q": None, "K": None, "V": None, "DOut": None, "Lse": torch.float32, "Delta": torch.float32}
-    specs = (dot_kernel_specs("dkdv", _attn_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims, dropout,
-                              family=family)
-             + dot_kernel_specs("dq", _attn_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout, family=family))
+    specs = [s for r in rope for s in (
+        dot_kernel_specs("dkdv", _attn_bwd_dkdv, {**both, "DK": None, "DV": None}, dtypes, head_dims, dropout,
+                         family=family, rope=r)
+        + dot_kernel_specs("dq", _attn_bwd_dq, {**both, "DQ": None}, dtypes, head_dims, dropout, family=family, rope=r))]
     for dtype in dtypes:
         for head_dim in head_dims:
             specs.append(aot_spec(

@@ -8,7 +8,10 @@ Default run, a representative subset (a few minutes on two cores):
   bf16, each kept configuration; dropout variants in fp16 (bf16 differs only in the dots'
   operand type, which the no-dropout bf16 specs compile);
 * sm_100, sm_120, gfx942, gfx950 (and gfx90a): head_dim 64 and 80 (one power of two, one
-  chunked), fp16, every kept configuration of the architecture's family, with and without dropout.
+  chunked), fp16, every kept configuration of the architecture's family, with and without dropout;
+* RoPE (ROPE 1 and 2: q and k rotated in registers, kernels/_attention_rope.py), marked slow:
+  sm_80 and sm_90, the three tl.dot kernels at head_dim 64, 80 and 128 in every configuration the
+  autotuner keeps with RoPE, fp16 with and without dropout, bf16 without.
 The full list (every head dim and dtype of ``aot_specs``, every architecture) is one command:
     fastvit compile-report --arch sm_80,sm_90,sm_100,sm_120,gfx90a,gfx942,gfx950 --kernels attention
 """
@@ -21,10 +24,11 @@ from fastvit.kernels import _configs
 from fastvit.kernels import attention as K
 from fastvit.kernels import attention_bwd as KB
 from fastvit.profiling import compile_report as cr
+from tests._aot import check_fits
 
 HEAD_DIMS = (64, 80, 128)
-SPECS = (K.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.float16,), dropout=(False, True))
-         + K.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.bfloat16,), dropout=(False,)))
+SPECS = (K.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.float16,), dropout=(False, True), rope=(0,))
+         + K.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.bfloat16,), dropout=(False,), rope=(0,)))
 NEW_ARCHS = ("sm_100", "sm_120", "gfx90a", "gfx942", "gfx950")
 NEW_HEAD_DIMS = (64, 80)
 DOT_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
@@ -33,7 +37,7 @@ DOT_KERNELS = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
 def _new_arch_pairs():
     return [(s, arch) for arch in NEW_ARCHS
             for s in K.aot_specs(head_dims=NEW_HEAD_DIMS, dtypes=(torch.float16,), dropout=(False, True),
-                                 family=_configs.arch_family(arch))]
+                                 family=_configs.arch_family(arch), rope=(0,))]
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +129,56 @@ def test_new_architectures_compile_without_spills_with_matrix_instructions(new_r
             assert mma["HMMA"] > 0, (where, mma)  # consumer Blackwell: mma.sync, no tcgen05
         else:
             assert mma["MFMA"] > 0, (where, mma)
+
+
+# ----------------------------------------------------------------------------------------------
+# RoPE (ROPE 1 "half", 2 "interleaved"): the rotation in registers, every configuration the
+# autotuner keeps with RoPE (kernels/_attention_configs.py: RopeBudget), sm_80 and sm_90.
+# ----------------------------------------------------------------------------------------------
+
+ROPE_SPECS = [s for s in (K.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.float16,), dropout=(False, True), rope=(1, 2))
+                          + K.aot_specs(head_dims=HEAD_DIMS, dtypes=(torch.bfloat16,), dropout=(False,), rope=(1, 2)))
+              if s.fn.__name__ in DOT_KERNELS]  # the delta pass does not rotate: compiled above
+
+
+@pytest.fixture(scope="module")
+def rope_reports():
+    return cr.report(ROPE_SPECS, archs=("sm_80", "sm_90"))
+
+
+def test_rope_specs_cover_every_configuration_the_autotuner_may_pick():
+    for dtype, dropouts in ((torch.float16, (False, True)), (torch.bfloat16, (False,))):
+        for head_dim, dropout, rope in ((h, d, r) for h in HEAD_DIMS for d in dropouts for r in (1, 2)):
+            dims = {k: v for k, v in zip(("BLOCK_D", "D1", "D2"), K.head_dim_chunks(head_dim))}
+            for tuned_kernel in (K._attn_fwd_tuned, KB._attn_bwd_dkdv_tuned, KB._attn_bwd_dq_tuned):
+                pruned = tuned_kernel.tuner.early_config_prune(
+                    tuned_kernel.tuner.configs, {"Q": torch.empty(0, dtype=dtype)}, **dims, DROPOUT=dropout, ROPE=rope)
+                tuned = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in pruned}
+                specs = {(s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps, s.num_stages)
+                         for s in ROPE_SPECS if s.fn is tuned_kernel.fn and s.constexprs["HEAD_DIM"] == head_dim
+                         and s.constexprs["DROPOUT"] == dropout and s.constexprs["ROPE"] == rope
+                         and s.signature["Q"] == ("*fp16" if dtype == torch.float16 else "*bf16")}
+                assert tuned and tuned == specs, (tuned_kernel.__name__, dtype, head_dim, dropout, rope)
+                # Without RoPE the prune hook keeps what it kept before RoPE existed.
+                plain = tuned_kernel.tuner.early_config_prune(
+                    tuned_kernel.tuner.configs, {"Q": torch.empty(0, dtype=dtype)}, **dims, DROPOUT=dropout, ROPE=0)
+                width = sum(K.head_dim_chunks(head_dim))
+                kern = {"_attn_fwd": "fwd", "_attn_bwd_dkdv": "dkdv", "_attn_bwd_dq": "dq"}[tuned_kernel.__name__]
+                assert [c.__dict__ for c in plain] == [c.__dict__ for c in _configs.attention_configs(
+                    kern, width, dtype, dropout)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_rope_kernels_compile_without_spills(rope_reports, arch):
+    """Forward, dK/dV and dQ with RoPE at head dims 64, 80 and 128: no spills, shared memory
+    within the limit (and within sm_86's on sm_80), tensor cores. ``-s`` prints the table."""
+    mine = check_fits(ROPE_SPECS, rope_reports, arch)
+    assert {r.kernel for r in mine} == set(DOT_KERNELS)
+    assert {r.config["ROPE"] for r in mine} == {1, 2}
+    for r in mine:
+        assert r.registers <= 255 and r.blocks_per_sm >= 1, r.name
+        assert r.hmma + r.hgmma > 0, f"{r.name} {arch}: no tensor-core instruction"
+        if arch == "sm_80":
+            assert r.shared_bytes <= cr.ARCH_LIMITS["sm_86"].smem_per_block, r.name
+    print("\n" + cr.format_table(mine))
