@@ -212,9 +212,11 @@ def probe_attention(modules, probe: AttentionProbe):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout; fc1's bias and GELU are one op
-    (``ops.linear_gelu``: fused in the GEMM epilogue on triton). ``approximate``: "none" (erf
-    GELU), "tanh" or "quick" (QuickGELU)."""
+    """fc1 -> GELU -> dropout -> fc2 -> dropout. Without an active dropout between GELU and fc2
+    the whole MLP is one op (``ops.mlp``: on triton fc1's bias and GELU fused in the GEMM
+    epilogue, and the GELU output recomputed in the backward rather than kept); with one,
+    ``ops.linear_gelu``, dropout, then fc2. ``approximate``: "none" (erf GELU), "tanh" or "quick"
+    (QuickGELU)."""
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, approximate: str = "none",
                  bias: bool = True, backend: str = "auto"):
@@ -227,6 +229,9 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop1.p == 0 or not self.training:
+            return self.drop2(ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                                      self.approximate, backend=self.backend))
         x = ops.linear_gelu(x, self.fc1.weight, self.fc1.bias, self.approximate, backend=self.backend)
         return self.drop2(self.fc2(self.drop1(x)))
 

@@ -306,6 +306,75 @@ def prune_linear_glu_configs(configs, named_args, **kwargs):
 
 
 # ============================================================================================
+# gelu_linear_bwd (kernels/gelu_linear_bwd.py): the MLP backward's GEMMs, GELU recomputed
+# ============================================================================================
+# dW2 = dy^T @ GELU(pre), GELU in the prologue on each (BLOCK_M hidden x BLOCK_K token) tile,
+# inside the main loop next to the accumulator: the GELU GEMM's tiles, but 16-bit ones with
+# BLOCK_K 32 (with 64, erf GELU on a 128 x 64 tile spills on sm_80: 888 bytes at 128 x 128 x 64;
+# at 32 the heaviest, erf on sm_80, stay at or under 255 registers without spilling). TF32 takes
+# linear_gelu's table (BLOCK_K 32 already); exact fp32 (FMA) a 32-row tile (at 64 x 64 x 32 the
+# identity prologue's transposed operand spills 268 bytes on sm_80). Each pre element's GELU is
+# evaluated once per BLOCK_N column block of dW2^T, so wide BLOCK_N tiles amortise it best.
+# Autotuned on a GPU, keyed on the bucketed token count (the reduction length), H, C and the
+# prologue.
+# dpre = (dy @ W2) * GELU'(pre): exactly linear_gelu's GEMM configurations (EPILOGUE_SPLIT 2 for
+# the GELU' epilogue), pruned the same way. Its bias-gradient partials are column sums per
+# GELU_LINEAR_DPRE_PARTIAL_ROWS rows, a divisor of every BLOCK_M, so their layout (and the order
+# of the fixed second-pass sum) does not depend on which tile the autotuner picked.
+GELU_LINEAR_DPRE_PARTIAL_ROWS = 64
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
+_GELU_LINEAR_DW_MMA_16BIT = [
+    (128, 128, 32, 8, 8, 4), (64, 256, 32, 8, 8, 3), (128, 64, 32, 8, 4, 4), (64, 128, 32, 8, 4, 4),
+    (64, 64, 32, 8, 4, 4),
+]
+_GELU_LINEAR_DW_FMA_FP32 = [(32, 64, 32, 8, 4, 3)]
+
+
+def _dw_config(m: int, n: int, k: int, group: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group},
+                         num_warps=warps, num_stages=stages)
+
+
+def gelu_linear_dw_gemm_configs(dtype, precision: str) -> list[triton.Config]:
+    """Every dW2 GEMM configuration the GPU autotuner may try for ``dtype`` and ``precision``."""
+    import torch
+    if dtype == torch.float32:
+        table = _LINEAR_GELU_MMA_TF32 if precision == "tf32" else _GELU_LINEAR_DW_FMA_FP32
+    else:
+        table = _GELU_LINEAR_DW_MMA_16BIT
+    return [_dw_config(*c) for c in table]
+
+
+GELU_LINEAR_DW_CONFIGS = list({config_key(c): c for c in (
+    [_dw_config(*c) for c in _GELU_LINEAR_DW_MMA_16BIT + _LINEAR_GELU_MMA_TF32 + _GELU_LINEAR_DW_FMA_FP32])}.values())
+
+
+def prune_gelu_linear_dw_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of the dW2 GEMM: its dtype's table, then the shape and device fit
+    (rows: the H hidden units, columns: the C outputs, reduction: the T tokens)."""
+    args = merged_args(named_args, kwargs)
+    dtype = args["Dy"].dtype
+    table = {config_key(c) for c in gelu_linear_dw_gemm_configs(dtype, args["INPUT_PRECISION"])}
+    mine = [c for c in configs if config_key(c) in table]
+    return linear_gelu_fitting_configs(mine, M=args["H"], N=args["C"], K=args["T"], dtype=dtype,
+                                       smem_limit=shared_memory_limit(args["Dy"].device))
+
+
+def prune_gelu_linear_dpre_configs(configs, named_args, **kwargs):
+    """``early_config_prune`` of the dpre GEMM: linear_gelu's table for the dtype and precision,
+    then the shape and device fit (rows: the M tokens, columns: the N hidden units, reduction:
+    the K outputs)."""
+    args = merged_args(named_args, kwargs)
+    dtype = args["Dy"].dtype
+    table = {config_key(c) for c in linear_gelu_gemm_configs(dtype, args["INPUT_PRECISION"])}
+    mine = [c for c in configs if config_key(c) in table]
+    return linear_gelu_fitting_configs(mine, M=args["M"], N=args["N"], K=args["K"], dtype=dtype,
+                                       smem_limit=shared_memory_limit(args["Dy"].device))
+
+
+# ============================================================================================
 # Under the interpreter
 # ============================================================================================
 # Programs run one after another in numpy and every block operation has a fixed cost (each
@@ -365,3 +434,18 @@ def linear_glu_interpret_config(args: dict) -> triton.Config:
 
 LINEAR_GELU_INTERPRET_EPILOGUE = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4}
 LINEAR_GELU_INTERPRET_BWD = {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "TARGET_PROGRAMS": 8}
+
+
+# The MLP backward's GEMMs: 64 x 64 x 64 tiles, GROUP_M 3, as linear_gelu's (dpre takes that very
+# configuration). BLOCK_M = GELU_LINEAR_DPRE_PARTIAL_ROWS: one bias-gradient band per program; the
+# GPU's 128-row tiles (two bands) run in the configuration tests.
+GELU_LINEAR_DW_INTERPRET = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 3},
+                                         num_warps=4, num_stages=1)
+
+
+def gelu_linear_dw_interpret_config(args: dict) -> triton.Config:
+    return GELU_LINEAR_DW_INTERPRET
+
+
+def gelu_linear_dpre_interpret_config(args: dict) -> triton.Config:
+    return LINEAR_GELU_INTERPRET

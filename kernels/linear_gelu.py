@@ -32,6 +32,7 @@ from ._gelu import (
     GELU_APPROXIMATIONS,
     LINEAR_GELU_DTYPES,
     _bias_gelu_store,
+    _gelu,
     _upcast,
     check_2d,
     check_approximate,
@@ -53,6 +54,60 @@ _GEMM_DTYPES = KERNEL_DTYPES
 # Kernels
 # ----------------------------------------------------------------------------------------------
 
+# The GEMM main loop, shared by every GEMM of the linear_gelu family (this forward; the MLP
+# backward's GEMMs in kernels/gelu_linear_bwd.py): grouped program order, then an fp32
+# accumulator of X @ W^T over K, with an optional activation prologue on the X tiles. Each
+# kernel adds its own epilogue.
+
+@triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program's output tile, in grouped order: consecutive programs walk
+    down a band of GROUP_M row blocks before moving to the next column block, so programs
+    running at the same time share a few X row panels and W column panels, read from L2 rather
+    than each streaming its own from DRAM."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    group = pid // pids_per_group
+    first_pid_m = group * GROUP_M
+    rows_in_group = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % rows_in_group
+    pid_n = (pid % pids_per_group) // rows_in_group
+    return pid_m, pid_n
+
+
+@triton.jit
+def _gemm_acc(X, W, K, offs_m64, mask_m, offs_n64, mask_n,
+              stride_xm, stride_xk, stride_wn, stride_wk,
+              X_ACT: tl.constexpr, APPROXIMATE: tl.constexpr, EVEN_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """fp32 (BLOCK_M, BLOCK_N) = X[offs_m, :K] @ W[offs_n, :K]^T (X (M, K), W (N, K), any
+    strides; rows and columns outside the masks read as zeros). With X_ACT each X tile passes
+    through GELU (``APPROXIMATE``) as it is loaded, rounded back to X's dtype before the dot as
+    the forward epilogue rounds the activation it stores (GELU(0) = 0: masked entries stay 0)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    x_ptrs = X + offs_m64[:, None] * stride_xm + offs_k[None, :] * stride_xk   # (BLOCK_M, BLOCK_K)
+    w_ptrs = W + offs_n64[None, :] * stride_wn + offs_k[:, None] * stride_wk   # (BLOCK_K, BLOCK_N)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=mask_n[None, :], other=0.0)
+        else:
+            # zeros past K contribute nothing to the dot
+            k_left = K - k * BLOCK_K
+            a = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+            b = tl.load(w_ptrs, mask=mask_n[None, :] & (offs_k[:, None] < k_left), other=0.0)
+        if X_ACT:
+            a = _gelu(_upcast(a), APPROXIMATE).to(a.dtype)
+        acc = dot(a, b, acc, INPUT_PRECISION)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+    return acc
+
+
 # M_BUCKET (M rounded up to a power of two, at least 16) is only the autotune key, unused in the
 # body: a new batch size reuses the tuning result of its bucket.
 @triton.jit
@@ -69,43 +124,16 @@ def _linear_gelu_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EPILOGUE_SPLIT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    # Grouped order: consecutive programs walk down a band of GROUP_M row blocks before moving
-    # to the next column block, so programs running at the same time share a few X row panels
-    # and W column panels, read from L2 rather than each streaming its own from DRAM.
-    pids_per_group = GROUP_M * num_pid_n
-    group = pid // pids_per_group
-    first_pid_m = group * GROUP_M
-    rows_in_group = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % rows_in_group
-    pid_n = (pid % pids_per_group) // rows_in_group
-
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     mask_n = offs_n < N
     # int64: M * stride_xm passes 2^31 for large batches (e.g. 4096 images x 197 tokens x 3072).
     offs_m64 = offs_m.to(tl.int64)
     offs_n64 = offs_n.to(tl.int64)
-    x_ptrs = X + offs_m64[:, None] * stride_xm + offs_k[None, :] * stride_xk   # (BLOCK_M, BLOCK_K)
-    w_ptrs = W + offs_n64[None, :] * stride_wn + offs_k[:, None] * stride_wk   # (BLOCK_K, BLOCK_N)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        if EVEN_K:
-            a = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
-            b = tl.load(w_ptrs, mask=mask_n[None, :], other=0.0)
-        else:
-            # zeros past K contribute nothing to the dot
-            k_left = K - k * BLOCK_K
-            a = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
-            b = tl.load(w_ptrs, mask=mask_n[None, :] & (offs_k[:, None] < k_left), other=0.0)
-        acc = dot(a, b, acc, INPUT_PRECISION)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
+    acc = _gemm_acc(X, W, K, offs_m64, mask_m, offs_n64, mask_n, stride_xm, stride_xk, stride_wn, stride_wk,
+                    False, APPROXIMATE, EVEN_K, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     # Epilogue, on the fp32 accumulator: the output's GELU sees the unrounded pre-activation.
     if EPILOGUE_SPLIT == 2:

@@ -23,7 +23,7 @@ def test_no_forward_takes_a_backend():
 def _record_backends(monkeypatch):
     """Every call into the ops layer, with the backend it resolved to."""
     seen = []
-    for name in ("qkv_attention", "layer_norm", "add_layer_norm", "linear_gelu"):
+    for name in ("qkv_attention", "layer_norm", "add_layer_norm", "linear_gelu", "mlp"):
         fn = getattr(ops, name)
 
         def wrapped(*args, _fn=fn, _name=name, **kw):
@@ -40,7 +40,7 @@ def test_block_runs_every_op_on_its_backend(monkeypatch, backend):
     blk = Block(64, 2, backend=backend)
     x, branch = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
     h, pending = blk(x, layers.Pending(branch))
-    assert {name for name, _ in seen} == {"qkv_attention", "add_layer_norm", "linear_gelu"}
+    assert {name for name, _ in seen} == {"qkv_attention", "add_layer_norm", "mlp"}
     assert {b for _, b in seen} == {backend}
     # the folded form computes the block of the papers: out = y + mlp(norm2(y)), y = x' + attn(norm1(x'))
     ref = Block(64, 2, backend="eager")

@@ -6,7 +6,9 @@ is four layers: kernels + launchers (``fastvit.kernels.<op>``), custom ops + the
 Function (``_<op>_triton.py``), the public function (``<op>.py``, validating every argument
 through ``_checks.py`` before anything runs), and the module (``fastvit.layers``).
 
-Also: ``linear_glu`` (SwiGLU / GEGLU, the gated sibling of ``linear_gelu``, same layers) and the
+Also: ``linear_glu`` (SwiGLU / GEGLU, the gated sibling of ``linear_gelu``, same layers), ``mlp``
+(fc1 -> GELU -> fc2 as one op, ``mlp.py`` + ``_mlp_triton.py``: on triton the GELU output is
+recomputed in fc2's weight-gradient GEMM rather than kept for the backward) and the
 rotary-embedding ops ``apply_rope``, ``rope_qkv``, ``rope_attention``, ``rope_qkv_attention``
 (``rope.py``: tables + prefix count + pairing; the rotation runs in PyTorch on every backend until
 the attention kernel rotates q and k in its loads).
@@ -23,15 +25,16 @@ Policies, the same for every family:
   compute in fp32.
 - **naming**: ``AttentionFunction``, ``QKVAttentionFunction``, ``VarlenAttentionFunction``,
   ``VarlenQKVAttentionFunction``, ``LayerNormFunction``,
-  ``AddLayerNormFunction``, ``LinearGeluFunction``, ``LinearGluFunction``; custom ops ``fastvit::<op>_fwd`` and
-  ``fastvit::<op>_bwd``.
+  ``AddLayerNormFunction``, ``LinearGeluFunction``, ``LinearGluFunction``, ``MlpFunction``; custom ops
+  ``fastvit::<op>_fwd`` and ``fastvit::<op>_bwd`` (``mlp`` reuses ``fastvit::linear_gelu_fwd``).
 """
 from .attention import attention, cls_attention, qkv_attention
 from .layer_norm import add_layer_norm, layer_norm
 from .linear_gelu import linear_gelu, linear_glu
+from .mlp import mlp
 from .rope import apply_rope, rope_attention, rope_qkv, rope_qkv_attention
 from .varlen_attention import varlen_attention, varlen_qkv_attention
 
 __all__ = ["attention", "qkv_attention", "cls_attention", "layer_norm", "add_layer_norm", "linear_gelu",
-           "linear_glu", "varlen_attention", "varlen_qkv_attention",
+           "linear_glu", "mlp", "varlen_attention", "varlen_qkv_attention",
            "apply_rope", "rope_attention", "rope_qkv", "rope_qkv_attention"]
