@@ -135,8 +135,8 @@ class EvaAttention(nn.Module):
         if qkv_fused:
             self.qkv = nn.Linear(dim, 3 * dim, bias=False)
             self.q_proj = self.k_proj = self.v_proj = None
-            # timm's zero key bias is a non-persistent buffer: here zeros made per call (no
-            # state-dict key either way, and nothing left on the meta device by conversions)
+            # timm's zero key bias is a non-persistent buffer: here a constant made on first use
+            # (no state-dict key either way, and nothing left on the meta device by conversions)
             self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
             self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         else:
@@ -149,6 +149,8 @@ class EvaAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.probe: Optional[AttentionProbe] = None
+        self._qkv_param_cache: dict = {}  # plain dicts: not parameters, not buffers, not in the state dict
+        self._zero_cache: dict = {}
 
     def init_weights(self) -> None:
         for b in (self.q_bias, self.v_bias):
@@ -157,31 +159,71 @@ class EvaAttention(nn.Module):
 
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         if self.qkv is not None:
-            if self.q_bias is None:
-                return F.linear(x, self.qkv.weight)
-            k_bias = torch.zeros_like(self.v_bias)
-            return F.linear(x, self.qkv.weight, torch.cat((self.q_bias, k_bias, self.v_bias)))
-        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        bias = None
-        if self.q_proj.bias is not None:
-            bias = torch.cat((self.q_proj.bias, torch.zeros_like(self.q_proj.bias), self.v_proj.bias))
+            weight = self.qkv.weight
+            bias = None if self.q_bias is None else self._qkv_param("bias", (self.q_bias, None, self.v_bias))
+        else:
+            weight = self._qkv_param("weight", (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+            bias = None if self.q_proj.bias is None else self._qkv_param("bias", (self.q_proj.bias, None,
+                                                                               self.v_proj.bias))
         return F.linear(x, weight, bias)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def _qkv_param(self, name: str, parts) -> torch.Tensor:
+        """q, k and v's parameters as one tensor for the single qkv GEMM (None: the key's zero
+        bias). While autograd records, one concatenation per call (its backward splits the
+        gradient); otherwise the result is kept and reused until a parameter changes (the key:
+        storage and in-place version of each part), so inference launches nothing for it."""
+        given = [p for p in parts if p is not None]
+        recording = torch.is_grad_enabled() and any(p.requires_grad for p in given)
+        if recording or torch.compiler.is_compiling():
+            return torch.cat([self._zeros(given[0]) if p is None else p for p in parts])
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in given)
+        cached = self._qkv_param_cache.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, torch.cat([self._zeros(given[0]) if p is None else p for p in parts]))
+            self._qkv_param_cache[name] = cached
+        return cached[1]
+
+    def _zeros(self, like: torch.Tensor) -> torch.Tensor:
+        """The key's zero bias (a constant: made once per dtype and device, never in the state dict)."""
+        key = (like.dtype, like.device)
+        if key not in self._zero_cache:
+            self._zero_cache[key] = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+        return self._zero_cache[key]
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                packing=None) -> torch.Tensor:
+        """x (B, N, C) with the tables (N - num_prefix_tokens, D) of its grid; or packed images
+        (1, T, C) with their ``packing`` and per-token tables (T, D) (``fastvit.packed``)."""
         qkv = self._qkv(x)
         p = self.attn_drop.p if self.training else 0.0
         kw = dict(dropout_p=p, scale=self.scale, backend=self.backend)
-        if rope is not None:
-            qkv = ops.rope_qkv(qkv, self.num_heads, rope[0], rope[1], num_prefix_tokens=self.num_prefix_tokens,
-                               pairing=self.rope_pairing)
-        if self.probe is None:
-            out = ops.qkv_attention(qkv, self.num_heads, **kw)
-        else:  # the probe sees q and k as attention does: rotated
+        rot = dict(num_prefix_tokens=self.num_prefix_tokens, pairing=self.rope_pairing)
+        if packing is not None:
+            return self.proj_drop(self.proj(self._packed(qkv, rope, packing, kw)))
+        if self.probe is not None:  # the probe sees q and k as attention does: rotated
+            if rope is not None:
+                qkv = ops.rope_qkv(qkv, self.num_heads, rope[0], rope[1], **rot)
             out, lse = ops.qkv_attention(qkv, self.num_heads, return_lse=True, **kw)
             B, N, _ = qkv.shape
             q, k, _ = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             self.probe(self, q, k, lse)
+        elif rope is not None:  # rotated inside the attention kernel on triton
+            out = ops.rope_qkv_attention(qkv, self.num_heads, rope[0], rope[1], **rot, **kw)
+        else:
+            out = ops.qkv_attention(qkv, self.num_heads, **kw)
         return self.proj_drop(self.proj(out))
+
+    def _packed(self, qkv: torch.Tensor, rope, packing, kw: dict) -> torch.Tensor:
+        # Each image attends to itself only (variable-length attention, no padding). The tables
+        # hold a row per packed token, identity rows on each image's prefix tokens; the rotation
+        # is a separate pass here (the varlen kernels do not rotate).
+        if self.probe is not None:
+            raise ValueError("attention maps are computed on image batches (B, C, H, W), not on packed lists")
+        T = qkv.shape[1]
+        if rope is not None:
+            qkv = ops.rope_qkv(qkv, self.num_heads, rope[0], rope[1], num_prefix_tokens=0, pairing=self.rope_pairing)
+        out = ops.varlen_qkv_attention(qkv.view(T, -1), self.num_heads, packing.cu_seqlens, packing.max_seqlen, **kw)
+        return out.reshape(1, T, -1)
 
 
 class EvaBlock(nn.Module):
@@ -216,14 +258,11 @@ class EvaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, pending: Pending | None = None, packing=None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, Pending]:
-        if packing is not None:
-            raise NotImplementedError("Eva blocks (rope, SwiGLU) run on image batches; packed lists of images of "
-                                      "different sizes are not supported for them yet")
         if pending is None:
             h, y = x, self.norm1(x)
         else:
             h, y = self.norm1.forward_add(x, pending.branch, pending.scale)
-        h, y = self.norm2.forward_add(h, self.drop_path1(self.attn(y, rope)), self.gamma_1)
+        h, y = self.norm2.forward_add(h, self.drop_path1(self.attn(y, rope, packing)), self.gamma_1)
         return h, Pending(self.drop_path2(self.mlp(y)), self.gamma_2)
 
 

@@ -64,6 +64,20 @@ def embed_images(model, images: list[torch.Tensor]) -> tuple[torch.Tensor, Packi
     return torch.cat(tokens, dim=0).unsqueeze(0), Packing(cu, max(lengths), lengths)
 
 
+def rope_tables(model, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary (cos, sin) of the packed tokens, one row per token (T, head_dim): each image's
+    prefix tokens get identity rows (cos 1, sin 0: not rotated, as in an image batch), its
+    patches the table of its own grid (``model.rope``, cached per grid)."""
+    ph, pw = model.patch_size
+    cos, sin = [], []
+    for img in images:
+        c, s = model.rope((img.shape[-2] // ph, img.shape[-1] // pw), img.device)
+        n = model.num_prefix_tokens
+        cos += [c.new_ones((n, c.shape[1])), c]
+        sin += [s.new_zeros((n, s.shape[1])), s]
+    return torch.cat(cos), torch.cat(sin)
+
+
 def forward_head_packed(model, tokens: torch.Tensor, packing: Packing, pre_logits: bool = False):
     """``forward_head`` of each image's tokens: (len(images), num_classes) (or pooled features)."""
     outs, start = [], 0

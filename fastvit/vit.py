@@ -257,7 +257,8 @@ class FastViT(nn.Module):
     def _forward_packed(self, images):
         images = packed.check_images(self, images)
         x, packing = packed.embed_images(self, images)
-        return self._blocks(x, packing), packing
+        rope = None if self.rope is None else packed.rope_tables(self, images)
+        return self._blocks(x, packing, rope), packing
 
     def _run(self, blk: Block, x: torch.Tensor, pending: Pending | None, packing=None, rope=None):
         args = (x, pending, packing) if rope is None else (x, pending, packing, rope)  # rope: EvaBlock

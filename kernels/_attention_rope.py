@@ -40,6 +40,8 @@ RoPE existed (the PTX is identical but for the one unused NUM_PREFIX parameter).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
@@ -190,6 +192,29 @@ def rope_args(q: torch.Tensor, k: torch.Tensor, cos, sin, num_prefix_tokens, pai
         return {"Cos": None, "Sin": None, "NUM_PREFIX": 0, "ROPE": 0}
     if pairing == "interleaved":
         # One value per pair, contiguous (module docstring); "half" tables are read in place.
-        cos, sin = cos[:, 0::2].contiguous(), sin[:, 0::2].contiguous()
+        cos, sin = _compact_pairs(cos), _compact_pairs(sin)
     return {"Cos": cos, "Sin": sin, "NUM_PREFIX": int(num_prefix_tokens), "ROPE": ROPE_PAIRINGS[pairing]}
+
+
+_COMPACT: "OrderedDict[int, tuple]" = OrderedDict()
+_COMPACT_ENTRIES = 16
+
+
+def _compact_pairs(table: torch.Tensor) -> torch.Tensor:
+    """``table[:, 0::2]`` made contiguous, kept for as long as ``table`` is unchanged.
+
+    A model's tables are made once per grid and shared by every layer, forward and backward, so
+    the copy is made once too rather than at every launch (a launch and 2 x (N - P) x D/2 x 4
+    bytes each time). An entry holds its source tensor, so the source's identity cannot be
+    reused while it is cached, and its in-place version, so a table written in place is
+    compacted again; the 16 most recent tables are kept."""
+    entry = _COMPACT.get(id(table))
+    if entry is not None and entry[0] is table and entry[1] == table._version:
+        _COMPACT.move_to_end(id(table))
+        return entry[2]
+    compact = table[:, 0::2].contiguous()
+    _COMPACT[id(table)] = (table, table._version, compact)
+    while len(_COMPACT) > _COMPACT_ENTRIES:
+        _COMPACT.popitem(last=False)
+    return compact
 

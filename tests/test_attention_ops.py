@@ -275,7 +275,7 @@ def test_gpu_autotuner_keys_and_pruning(monkeypatch, device):
 
     tuner = K._attn_fwd_tuned.tuner
     assert tuner.early_config_prune is _configs.prune_attention_fwd_configs
-    assert list(tuner.keys) == ["N_Q_KEY", "N_K_KEY", "HEAD_DIM", "DROPOUT", "INPUT_PRECISION"]
+    assert list(tuner.keys) == ["N_Q_KEY", "N_K_KEY", "HEAD_DIM", "DROPOUT", "INPUT_PRECISION", "ROPE"]
     named = {"Q": torch.empty(0, dtype=torch.float16, device=device)}
     for block_d, dropout in ((64, False), (128, False), (128, True), (256, False)):
         kept = tuner.early_config_prune(tuner.configs, named, BLOCK_D=block_d, DROPOUT=dropout)

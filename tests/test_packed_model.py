@@ -12,6 +12,9 @@ CASES = {
     "registers-layerscale": dict(reg_tokens=2, init_values=0.1, no_embed_class=True),
     "qknorm-avg": dict(qk_norm=True, global_pool="avg"),
     "distilled": dict(dist_token=True),
+    # Eva blocks: per-token rotary tables (identity rows on the prefix tokens), q/v bias, gated MLP
+    "eva02-rope-swiglu": dict(rope="eva02", mlp_layer="swiglu_packed", global_pool="avg"),
+    "dinov3-rope-registers": dict(rope="dinov3", reg_tokens=2, init_values=0.1, pos_embed="none"),
 }
 
 

@@ -16,7 +16,7 @@ from ._checks import (MAX_HEAD_DIM, check_dropout, check_kernel_limit, check_pos
                       check_scale, check_tensor)
 
 
-def _check_qkv(q, k, v, dropout_p, scale):
+def check_attention_args(q, k, v, dropout_p, scale):
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(t, name, ndim=4)
     check_same({"q": q, "k": k, "v": v}, "dtype")
@@ -42,7 +42,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: f
     ``(out, lse)`` where ``lse`` (B, H, Nq) is the fp32 natural-log logsumexp of each score row,
     which ``cls_attention`` turns back into an exact attention row.
     """
-    dropout_p, scale = _check_qkv(q, k, v, dropout_p, scale)
+    dropout_p, scale = check_attention_args(q, k, v, dropout_p, scale)
     backend = resolve_backend(backend, q.device, q.dtype)
     if backend == "triton":
         check_kernel_limit(q.shape[-1], MAX_HEAD_DIM, "head_dim")
@@ -71,7 +71,7 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, *, dropout_p: float = 0.0, 
         raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with num_heads={num_heads}")
     D = C3 // (3 * num_heads)
     q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)
-    dropout_p, scale = _check_qkv(q, k, v, dropout_p, scale)
+    dropout_p, scale = check_attention_args(q, k, v, dropout_p, scale)
     backend = resolve_backend(backend, qkv.device, qkv.dtype)
     if backend == "triton":
         check_kernel_limit(D, MAX_HEAD_DIM, "head_dim")

@@ -6,11 +6,12 @@ every token after the first ``num_prefix_tokens`` (class and register tokens sta
 timm) by per-token tables ``cos``, ``sin`` (N - num_prefix_tokens, D), then attend.
 ``apply_rope`` is the rotation alone.
 
-The signature is the one a fused kernel needs, plain tensors and ints: the tables, the prefix
-count and the pairing. Today every backend rotates in PyTorch (``apply_rope``: in fp32, the result
-rounded once to the input dtype, as timm does) and then calls ``qkv_attention`` /
-``attention``; the triton backend will rotate inside the attention kernel's loads instead
-without this API changing (``fastvit.rope.rope_fusion_traffic`` models what that saves).
+On the triton backend the attention kernels rotate q and k as they load them (in fp32, rounded
+once to the input dtype) and the backward writes dq, dk for the unrotated inputs: rotated q and k
+never exist in memory and no launch is added (``kernels/_attention_rope.py``;
+``fastvit.rope.rope_fusion_traffic`` models the bytes that saves). eager and sdpa rotate in
+PyTorch (``apply_rope``: in fp32, the result rounded once to the input dtype, as timm does) and
+then call ``attention`` / ``qkv_attention``.
 
 Pairing: "half" rotates channel i with channel i + D/2 (rotate_half: DINOv3, timm's
 ``apply_rot_embed_cat(half=True)``); "interleaved" rotates channels 2i and 2i+1 (EVA-02). The
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import ROPE_PAIRINGS, check_choice, check_positive_int, check_tensor
-from .attention import attention, qkv_attention
+from ..backend import resolve_backend
+from ._checks import MAX_HEAD_DIM, ROPE_PAIRINGS, check_choice, check_kernel_limit, check_positive_int, check_tensor
+from .attention import check_attention_args, attention, qkv_attention
 
 
 def _check_tables(cos, sin, rotated: int, head_dim: int, device) -> None:
@@ -78,10 +80,18 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"rope_attention rotates q and k by the same per-token tables: they must have the same "
                          f"number of tokens (dim 2), got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    rot = dict(num_prefix_tokens=num_prefix_tokens, pairing=pairing)
+    dropout_p, scale = check_attention_args(q, k, v, dropout_p, scale)
+    pairing = check_choice(pairing, ROPE_PAIRINGS, "pairing")
+    n = _check_prefix(num_prefix_tokens, q.shape[2])
+    _check_tables(cos, sin, q.shape[2] - n, q.shape[-1], q.device)
+    if resolve_backend(backend, q.device, q.dtype) == "triton":
+        check_kernel_limit(q.shape[-1], MAX_HEAD_DIM, "head_dim")
+        from ._attention_triton import triton_attention
+        return triton_attention(q, k, v, dropout_p=dropout_p, scale=scale, return_lse=return_lse,
+                                rope=(cos, sin, n, pairing))
+    rot = dict(num_prefix_tokens=n, pairing=pairing)
     return attention(apply_rope(q, cos, sin, **rot), apply_rope(k, cos, sin, **rot), v, dropout_p=dropout_p,
                      scale=scale, backend=backend, return_lse=return_lse)
-
 
 def rope_qkv(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tensor, *,
              num_prefix_tokens: int = 0, pairing: str = "half") -> torch.Tensor:
@@ -110,6 +120,23 @@ def rope_qkv_attention(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin
                        scale: float | None = None, backend: str = "auto", return_lse: bool = False):
     """``qkv_attention`` with q and k rotated: qkv (B, N, 3*H*D) -> (B, N, H*D) (and the lse
     (B, H, N) with ``return_lse``)."""
+    check_tensor(qkv, "qkv", ndim=3)
+    check_positive_int(num_heads, "num_heads")
+    if resolve_backend(backend, qkv.device, qkv.dtype) == "triton":
+        B, N, C3 = qkv.shape
+        if C3 % (3 * num_heads):
+            raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with "
+                             f"num_heads={num_heads}")
+        D = C3 // (3 * num_heads)
+        q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)
+        dropout_p, scale = check_attention_args(q, k, v, dropout_p, scale)
+        pairing = check_choice(pairing, ROPE_PAIRINGS, "pairing")
+        n = _check_prefix(num_prefix_tokens, N)
+        _check_tables(cos, sin, N - n, D, qkv.device)
+        check_kernel_limit(D, MAX_HEAD_DIM, "head_dim")
+        from ._attention_triton import triton_qkv_attention
+        return triton_qkv_attention(qkv, num_heads, dropout_p=dropout_p, scale=scale, return_lse=return_lse,
+                                    rope=(cos, sin, n, pairing))
     rotated = rope_qkv(qkv, num_heads, cos, sin, num_prefix_tokens=num_prefix_tokens, pairing=pairing)
     return qkv_attention(rotated, num_heads, dropout_p=dropout_p, scale=scale, backend=backend,
                          return_lse=return_lse)

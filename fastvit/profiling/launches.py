@@ -92,15 +92,20 @@ def _launch_classes():
 
 def block_launches(backend: str, model: str = "vit_base_patch16_224", batch: int = 2) -> LaunchCount:
     """Launches of one inference block as the model runs it: the second block, whose input
-    still has the first block's MLP branch pending (its residual add folded into norm1)."""
+    still has the first block's MLP branch pending (its residual add folded into norm1), on its
+    second call (what a model keeps between calls, such as EVA's packed q/v bias or the rotary
+    tables of a grid, is made on the first), with the model's prefix tokens and rotary tables."""
     from ..layers import Pending
     from ..vit import create_model
 
     net = create_model(model, depth=2, backend=backend).eval()
-    tokens = net.patch_embed.num_patches + 1
+    tokens = net.patch_embed.num_patches + net.num_prefix_tokens
     x, branch = torch.randn(batch, tokens, net.embed_dim), torch.randn(batch, tokens, net.embed_dim)
-    with torch.no_grad(), count_launches() as c:
-        net.blocks[1](x, Pending(branch))
+    rope = () if net.rope is None else (net.rope(net.patch_embed.grid_size, x.device),)  # made once per grid
+    with torch.no_grad():
+        net.blocks[1](x, Pending(branch), None, *rope)  # the first call makes what is kept between calls
+        with count_launches() as c:
+            net.blocks[1](x, Pending(branch), None, *rope)
     return c
 
 
