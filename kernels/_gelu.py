@@ -96,10 +96,13 @@ def _bias_gelu_store(v, offs_m64, mask_m, offs_n, N, Bias, Y, Pre,
     if HAS_BIAS:
         bias = tl.load(Bias + offs_n64 * stride_bn, mask=mask_n, other=0.0)
         v += bias.to(v.dtype)[None, :]
+    # GELU of the pre-activation rounded to the output dtype, as PyTorch's addmm then gelu compute
+    # it: the stored pre holds exactly these bits, so the MLP backward's prologue recomputes the
+    # GELU output bit for bit from it (fastvit.ops.mlp; a no-op in fp32).
+    pre = v.to(Y.dtype.element_ty)
     if STORE_PRE:
-        tl.store(Pre + offs_m64[:, None] * stride_pm + offs_n64[None, :] * stride_pn,
-                 v.to(Pre.dtype.element_ty), mask=mask)
-    y = _gelu(v, APPROXIMATE)
+        tl.store(Pre + offs_m64[:, None] * stride_pm + offs_n64[None, :] * stride_pn, pre, mask=mask)
+    y = _gelu(pre.to(v.dtype), APPROXIMATE)
     tl.store(Y + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn, y.to(Y.dtype.element_ty), mask=mask)
 
 

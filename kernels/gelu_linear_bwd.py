@@ -9,10 +9,10 @@ storing h, the backward recomputes it inside the GEMM that consumes it:
     prologue applies GELU (``kernels/_gelu.py``, the device function the forward epilogue uses)
     to each pre tile as it is loaded and rounds the result to pre's dtype, as the forward rounds
     the h it stores, before the dot. ``RECOMPUTE=False`` is the identity prologue: the operand
-    is h itself, so the storing path and the recomputing path run the same GEMM. In fp32 the
-    recomputed h has the stored h's bits. In fp16/bf16 the forward's GELU reads the unrounded
-    fp32 accumulator and the recomputation the stored, rounded pre, so h differs by up to
-    |GELU'| x half an ulp of pre (eager PyTorch's GELU reads the rounded fc1 output too).
+    is h itself, so the storing path and the recomputing path run the same GEMM. The recomputed
+    h has the stored h's bits in every dtype: the forward epilogue applies GELU to the
+    pre-activation rounded to the activation dtype (``kernels/_gelu.py: _bias_gelu_store``), the
+    value it stores and the one loaded here.
   * ``_gelu_linear_dpre``: dpre = (dy @ W2) * GELU'(pre) (M, H) in one GEMM whose epilogue loads
     the pre tile: no (M, H) dh transient and no separate elementwise pass. With ``BIAS_GRAD``
     the epilogue also writes fp32 column sums of dpre per band of ``PARTIAL_ROWS`` rows (a

@@ -19,11 +19,9 @@ def mlp(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor | None
     On ``eager`` and ``sdpa``: ``linear_gelu`` then ``F.linear``, exactly those PyTorch ops. On
     ``triton``: fc1 + bias + GELU in one GEMM, and for training only fc1's pre-activation kept
     (not the (..., hidden) GELU output): the backward recomputes GELU where fc2's weight gradient
-    consumes it. ``recompute=False`` keeps the GELU output instead (same kernels, the same
-    gradients: bitwise in float32; in float16/bfloat16 the forward's GELU reads fc1's fp32
-    accumulator while the recomputation reads the stored, rounded pre-activation, so fc2's
-    weight gradient differs at the rounding level: eager PyTorch's GELU reads the rounded
-    pre-activation too)."""
+    consumes it. ``recompute=False`` keeps the GELU output instead (same kernels, gradients equal
+    bit for bit in every dtype: the forward applies GELU to the pre-activation rounded to the
+    activation dtype, as PyTorch's addmm then gelu does, and that is what it stores)."""
     check_tensor(x, "x", min_ndim=1)
     check_tensor(fc1_weight, "fc1_weight", ndim=2)
     if fc1_weight.shape[1] != x.shape[-1]:
