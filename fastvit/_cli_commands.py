@@ -163,6 +163,9 @@ def cmd_memory(args) -> int:
     result = {"model": args.model, "scope": args.scope, "device": device, "dtype": dtype, "batch": args.batch,
               "labels": {"measured": ["peak_bytes", "slope"], "model": ["model_bytes", "model_slope"]},
               "rows": rows, "slopes": fit_slopes(rows), "failures": failures}
+    if args.per_block:
+        from .profiling.training import training_section
+        result["per_block"] = training_section(args.model, backends=backends)
     if args.json:
         _emit_json(result)
     else:
@@ -177,6 +180,9 @@ def cmd_memory(args) -> int:
                     print(format_breakdown(r["breakdown"]))
         if device == "cpu" and "triton" not in backends:
             print("(triton on CPU runs in Triton's interpreter, exact but slow: add --backends eager,sdpa,triton)")
+    if args.per_block and not args.json:
+        from .profiling.training import render_training_md
+        print("\n" + "\n".join(render_training_md(result["per_block"])))
     return _report_failures("memory", failures)
 
 

@@ -12,7 +12,8 @@ fp32 row statistic:
                          sdpa 4O + max(L, O) (out, lse, dq, dk, dv, then a layout copy of a
                          gradient);  triton 4O + 2L (plus the backward's delta)
   model: see :func:`model_memory_bytes` (activations autograd saves per block, parameter
-                         gradients, and the largest transient of a block).
+                         gradients, and the largest transient of a block); per token and
+                         tensor: ``fastvit.profiling.activations``.
 """
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def model_memory_bytes(model_or_name, img_size=None, *, backend: str, mode: str,
       GELU outputs at once, then the GELU output and fc2's (r O + max(r O, O)); triton's fused
       fc1+GELU output and fc2's ((r + 1) O).
     training: autograd keeps per block (8 + 2r) O (block input, norm1 output, qkv, attention
-      output, residual, norm2 output, fc1 and GELU outputs) plus S (eager: the probabilities) or
+      output, residual, norm2 output, fc1 and GELU outputs; triton (8 + r) O: the GELU output is
+      recomputed in the backward, ``fastvit.ops.mlp``) plus S (eager: the probabilities) or
       L (fused: the logsumexp) and the LayerNorm statistics. The peak is the largest of: the last
       block's MLP backward (everything saved + the incoming gradient + the GELU-output gradient,
       (1 + r) O; triton's fused fc1+GELU backward holds both its gradients and dx at once,
@@ -137,14 +139,15 @@ def model_memory_bytes(model_or_name, img_size=None, *, backend: str, mode: str,
         terms = {"attention_phase": int(carry + norm1 + 3 * O + attn_peak),
                  "mlp_phase": int(carry + 2 * O + mlp_peak)}
         return {"bytes": max(terms.values()), "terms": terms}
-    per_block = 8 * O + 2 * r * O + (S if eager else L) + 2 * stats
+    kept_mlp = r * O if triton else 2 * r * O  # triton keeps fc1's pre-activation only (fastvit.ops.mlp)
+    per_block = 8 * O + kept_mlp + (S if eager else L) + 2 * stats
     saved = s.depth * per_block
     params = lambda *shapes: sum(math.prod(x) for x in shapes) * e  # noqa: E731
     head_grads = params((s.num_classes, D), (s.num_classes,), (2 * D,)) if s.num_classes else params((2 * D,))
     fc2_grads = params((D, Hd), (D,))
     fc1_grads = params((Hd, D), (Hd,))
     rest_grads = fc1_grads + params((2 * D,), (D, D), (D,))  # fc1, norm2, proj
-    mlp_part = 3 * O + 2 * r * O + stats  # residual, norm2 output, attention output/copy, fc1/GELU outputs
+    mlp_part = 3 * O + kept_mlp + stats  # residual, norm2 output, attention output/copy, fc1 (/GELU) outputs
     attn_transient = (2 * S + 2 * O) if eager else 7 * O
     if triton:
         mlp_backward = saved + (2 + r) * O + head_grads + fc2_grads + fc1_grads

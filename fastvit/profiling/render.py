@@ -9,6 +9,7 @@ from __future__ import annotations
 from .markdown import MIB, PLOT_FILES, md_table as _md_table, mib as _mib, plot_ref as _plot_ref
 from .render_compare import compare_md
 from .render_mixed import mixed_md
+from .training import render_training_md
 
 __all__ = ["render_markdown", "PLOT_FILES", "MIB"]
 
@@ -20,6 +21,8 @@ def render_markdown(results: dict) -> str:
     """The whole ``report.md``: header and notes, failures (if any), FLOPs, memory, speed,
     autotuner picks (if any), roofline predictions."""
     out = _header_md(results) + _failures_md(results) + _flops_md(results) + _memory_md(results)
+    if results.get("training_memory"):
+        out += render_training_md(results["training_memory"])
 
     out += _speed_md(results) + compare_md(results) + mixed_md(results) + _autotune_md(results)
     out += _roofline_md(results)

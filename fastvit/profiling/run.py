@@ -169,6 +169,9 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
     progress("FLOPs (analytic)")
     flops = _flops_section(plan)
     memory = _memory_section(plan, progress, keep_going)
+    progress("training memory per block (model; launches measured)")
+    from .training import training_section
+    training = training_section(plan.model, backends=plan.memory_backends)
     speed_rows = _speed_section(plan, progress, keep_going)
     compare = None
     if plan.compare:
@@ -202,6 +205,7 @@ def run_profile(plan: Plan, progress=None, command: str | None = None, keep_goin
         "plan": plan.to_dict(),
         "flops": flops,
         "memory": memory,
+        "training_memory": training,
         "speed": speed_rows,
         "roofline": roof,
         **({"compare": compare} if compare else {}),
