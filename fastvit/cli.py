@@ -24,6 +24,7 @@ import sys
 from . import _cli_args as A
 from ._cli_commands import cmd_bench, cmd_compile_report, cmd_flops, cmd_list, cmd_memory, cmd_profile
 from .profiling import defaults
+from .profiling.compile_report import KERNEL_MODULES
 
 __all__ = ["main", "build_parser", "choose_triton_mode"]
 
@@ -163,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them take many minutes on a small CPU the first time (Triton's cache makes "
                                    "reruns fast); --kernels and --name narrow the set.")
     p.add_argument("--arch", type=A.archs, default=[80, 90], help="e.g. sm_80,sm_90 (default)")
-    p.add_argument("--kernels", type=A.choice_list(("attention", "layer_norm", "linear_gelu")),
-                   default=["attention", "layer_norm", "linear_gelu"], help="kernel modules (default all)")
+    p.add_argument("--kernels", type=A.choice_list(KERNEL_MODULES), default=list(KERNEL_MODULES),
+                   help=f"kernel modules (default all: {','.join(KERNEL_MODULES)})")
     p.add_argument("--name", default=None, help="only configurations whose name contains this text")
     common(p, device=False, model=False)
     p.set_defaults(func=cmd_compile_report)

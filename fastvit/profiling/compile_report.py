@@ -51,7 +51,7 @@ __all__ = [
     "parse_amdgcn", "parse_ptxas_log", "report", "report_pairs", "tool_paths",
 ]
 
-KERNEL_MODULES = ("attention", "layer_norm", "linear_gelu")
+KERNEL_MODULES = ("attention", "attention_varlen", "layer_norm", "linear_gelu", "linear_glu", "gelu_linear_bwd")
 _WORKER_TIMEOUT_S = 1800
 _WORKER_ENV = "FASTVIT_AOT_WORKER"
 
