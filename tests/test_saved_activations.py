@@ -56,3 +56,12 @@ def test_training_section_reports_model_and_measured_parts():
     assert mlp_backward_bytes(197, 192, 768, 2, recompute=True) < mlp_backward_bytes(197, 192, 768, 2, recompute=False)
     text = "\n".join(render_training_md(sec))
     assert "**Model**" in text and "**measured**" in text and "RoPE fused into attention (**model**" in text
+
+
+def test_training_section_says_not_modelled_for_eva_blocks():
+    from fastvit.profiling.training import render_training_md, training_section
+
+    sec = training_section("eva02_tiny_patch14_224", backends=("sdpa",))
+    assert sec["saved"] == [] and "Eva blocks" in sec["not_modelled"]
+    assert sec["backward"][0]["mlp_backward_bytes"] is None and sec["backward"][0]["launches"]["total"] > 0
+    assert "Not modelled for eva02_tiny_patch14_224" in "\n".join(render_training_md(sec))

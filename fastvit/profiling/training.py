@@ -68,8 +68,11 @@ def training_section(model: str = "vit_base_patch16_224", backends=SAVED_BACKEND
     from ..rope import rope_fusion_traffic
     from .flops import vit_shape
 
+    from .memory import not_modelled
+
     saved = []
-    for size in REFERENCE["sizes"]:
+    unmodelled = not_modelled(vit_shape(model), "training")  # blocks whose saved tensors differ
+    for size in REFERENCE["sizes"] if unmodelled is None else ():
         s = vit_shape(model, size)
         for backend in SAVED_BACKENDS:
             per = saved_bytes_per_token(backend, width=s.embed_dim, hidden=s.mlp_hidden, heads=s.num_heads,
@@ -82,8 +85,8 @@ def training_section(model: str = "vit_base_patch16_224", backends=SAVED_BACKEND
     backward = []
     for backend in backends:
         launches = block_backward_launches(backend, model)
-        mlp = mlp_backward_bytes(rows, s.embed_dim, s.mlp_hidden, REFERENCE["dtype_bytes"],
-                                 recompute=backend == "triton")
+        mlp = None if unmodelled else mlp_backward_bytes(rows, s.embed_dim, s.mlp_hidden, REFERENCE["dtype_bytes"],
+                                                         recompute=backend == "triton")
         backward.append({"backend": backend, "launches": launches, "mlp_backward_bytes": mlp})
     rope = []
     for name in ROPE_MODELS:
@@ -94,6 +97,7 @@ def training_section(model: str = "vit_base_patch16_224", backends=SAVED_BACKEND
             rope.append({"model": name, "img_size": r.img_size[0], "tokens": r.tokens, **t})
     return {"source": "model (saved bytes, bytes moved, rope) and measured (launch counts)", "model": model,
             "batch": REFERENCE["batch"], "dtype": "bf16", "saved": saved, "backward": backward, "rope": rope,
+            "not_modelled": unmodelled,
             "backward_img_size": REFERENCE["sizes"][0]}
 
 
@@ -110,16 +114,20 @@ def render_training_md(sec: dict) -> list[str]:
            f"for the backward per token per block, and for the whole model at batch {sec['batch']}, "
            f"{sec['dtype']}. triton does not keep the GELU output (fc2's weight gradient recomputes it as it "
            "loads the pre-activation); eager keeps the attention probabilities (H x N per token).", ""]
-    sdpa = {r["img_size"]: r["bytes_per_token"] for r in sec["saved"] if r["backend"] == "sdpa"}
-    rows = [[r["backend"], r["img_size"], r["tokens"], f"{r['bytes_per_token']:,}", f"{_mib(r['model_bytes'])}",
-             f"{r['bytes_per_token'] / sdpa[r['img_size']]:.2f}x"] for r in sec["saved"]]
-    out += [md_table(["backend", "img px", "tokens", "bytes / token / block", f"model, {sec['dtype']} batch "
-                      f"{sec['batch']} (MiB)", "vs sdpa"], rows, "lrrrrr"), ""]
+    if sec.get("not_modelled"):
+        out += [f"Not modelled for {sec['model']}: {sec['not_modelled']} (the model covers plain ViT blocks).", ""]
+    else:
+        sdpa = {r["img_size"]: r["bytes_per_token"] for r in sec["saved"] if r["backend"] == "sdpa"}
+        rows = [[r["backend"], r["img_size"], r["tokens"], f"{r['bytes_per_token']:,}", f"{_mib(r['model_bytes'])}",
+                 f"{r['bytes_per_token'] / sdpa[r['img_size']]:.2f}x"] for r in sec["saved"]]
+        out += [md_table(["backend", "img px", "tokens", "bytes / token / block", f"model, {sec['dtype']} batch "
+                          f"{sec['batch']} (MiB)", "vs sdpa"], rows, "lrrrrr"), ""]
     out += [f"One block's backward: kernel launches (**measured** here with the launch counter) and the bytes the "
             f"MLP's backward moves (**model**) at {sec['backward_img_size']} px, batch {sec['batch']}, "
             f"{sec['dtype']}.", ""]
     rows = [[b["backend"], b["launches"]["total"], ", ".join(f"{k} {v}" for k, v in sorted(b["launches"]["triton"].items()))
-             or "-", _mib(b["mlp_backward_bytes"])] for b in sec["backward"]]
+             or "-", "not modelled" if b["mlp_backward_bytes"] is None else _mib(b["mlp_backward_bytes"])]
+            for b in sec["backward"]]
     out += [md_table(["backend", "launches", "of which Triton", "MLP backward MiB moved (model)"], rows, "lrlr"), ""]
     out += [f"RoPE fused into attention (**model**, `fastvit.rope.rope_fusion_traffic`): bytes per attention "
             f"layer a separate rotation pass moves (read q, k; write the rotated copies; the same for dq, dk in "
