@@ -109,8 +109,8 @@ class ArchFamily(NamedTuple):
     # dK/dV with dropout on a head dim of several chunks: the score tile per thread (sm_80: a
     # 32 x 64 tile on 8 warps, 8 values, spilled 8 bytes at head dim 80; 4 did not).
     max_chunked_dkdv_dropout_values: int = 4
-    # With RoPE (see RopeBudget). Calibrated on "nvidia"; the other families' budgets are
-    # nvidia's scaled by their max_tile_values (ptxas 13.x / the AMD backend not compiled with RoPE).
+    # With RoPE (see RopeBudget), calibrated on "nvidia". "amd" keeps nvidia's (gfx942 at head
+    # dims 64 and 80: no spills); "blackwell" has provisional, much smaller ones (below).
     rope: RopeBudget = RopeBudget()
 
 
@@ -122,9 +122,13 @@ ARCH_FAMILIES = {
     # ptxas 13.x (the wheel's ptxas-blackwell, for sm_100 and sm_120) allocates tighter than the
     # 12.x ptxas of sm_80/sm_90: on sm_120, dK/dV at head dim 80 spilled 28-72 bytes at 72 values
     # (64 x 64 tiles) and with dropout at 8-value score tiles; on sm_100 the forward spilled at 96.
+    # With RoPE, ptxas 13.x spilled with nvidia's budgets (sm_120: dK/dV 32 x 64 on 8 warps
+    # 104-120 bytes at 64, dQ 128 x 32 and 64 x 32 8-56 at 80; the forward's 64 x 32 on 8 warps 44
+    # at 64, capped at 128 registers): these keep small tiles that compiled without spills on
+    # sm_100 and sm_120 at head dims 64 and 80. Provisional: not tuned for speed.
     "blackwell": ArchFamily("blackwell", 32, ATTENTION_SMEM_BUDGET, _BLACKWELL, max_tile_values=80,
                             max_chunked_dkdv_values=56, max_dropout_values=8,
-                            rope=RopeBudget(fwd=96, dq=88, dq_dropout=48, dkdv=72, dkdv_score=20)),
+                            rope=RopeBudget(fwd=32, dq=40, dq_dropout=40, dkdv=72, dkdv_score=12)),
     # gfx942, waves_per_eu 2 (256 VGPRs): the forward with dropout spilled 60 bytes at a 16-value
     # score tile (128 x 32, head dim 128), none at 8.
     "amd": ArchFamily("amd", 64, 64 * 1024, _AMD, max_dropout_values=8),
