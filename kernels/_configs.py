@@ -173,25 +173,39 @@ _LINEAR_GELU_FMA_FP32 = [  # exact fp32 dots run on FMA units, where cuBLAS's SG
 ]
 
 
-def _gemm_config(m: int, n: int, k: int, group: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group, "EPILOGUE_SPLIT": 2},
+def _gemm_config(m: int, n: int, k: int, group: int, warps: int, stages: int, **extra) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group, **extra},
                          num_warps=warps, num_stages=stages)
 
 
-def linear_gelu_gemm_configs(dtype, precision: str) -> list[triton.Config]:
-    """Every GEMM configuration the GPU autotuner may try for operands of ``dtype`` with dot
-    precision ``precision`` ("ieee" / "tf32"), before shape pruning."""
-    import torch
-    if dtype == torch.float32:
-        table = _LINEAR_GELU_MMA_TF32 if precision == "tf32" else _LINEAR_GELU_FMA_FP32
-    else:
-        table = _LINEAR_GELU_MMA_16BIT
-    return [_gemm_config(*c) for c in table]
+class GemmTables(NamedTuple):
+    """A GEMM kernel's configuration tables by operand type, each row (BLOCK_M, BLOCK_N, BLOCK_K,
+    GROUP_M, num_warps, num_stages); ``extra`` meta-parameters every configuration carries."""
+    mma_16bit: list  # fp16 / bf16 operands on tensor cores
+    mma_tf32: list   # fp32 operands, TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32)
+    fma_fp32: list   # exact fp32 dots on FMA units
+    extra: dict = {}
+
+    def for_dtype(self, dtype, precision: str) -> list[triton.Config]:
+        """Every configuration the GPU autotuner may try for operands of ``dtype`` with dot
+        precision ``precision`` ("ieee" / "tf32"), before shape pruning."""
+        import torch
+        if dtype == torch.float32:
+            table = self.mma_tf32 if precision == "tf32" else self.fma_fp32
+        else:
+            table = self.mma_16bit
+        return [_gemm_config(*c, **self.extra) for c in table]
+
+    def all(self) -> list[triton.Config]:
+        """The autotuner's one candidate list: every table, once."""
+        return list({config_key(c): c for c in (
+            [_gemm_config(*c, **self.extra) for c in self.mma_16bit + self.mma_tf32 + self.fma_fp32])}.values())
 
 
-# The autotuner's one candidate list: every table, once.
-LINEAR_GELU_CONFIGS = list({config_key(c): c for c in (
-    [_gemm_config(*c) for c in _LINEAR_GELU_MMA_16BIT + _LINEAR_GELU_MMA_TF32 + _LINEAR_GELU_FMA_FP32])}.values())
+LINEAR_GELU_TABLES = GemmTables(_LINEAR_GELU_MMA_16BIT, _LINEAR_GELU_MMA_TF32, _LINEAR_GELU_FMA_FP32,
+                                {"EPILOGUE_SPLIT": 2})
+linear_gelu_gemm_configs = LINEAR_GELU_TABLES.for_dtype
+LINEAR_GELU_CONFIGS = LINEAR_GELU_TABLES.all()
 
 
 def linear_gelu_smem_bytes(cfg: triton.Config, elem: int) -> int:
@@ -271,23 +285,9 @@ _LINEAR_GLU_MMA_TF32 = [(128, 64, 32, 8, 8, 3), (64, 64, 32, 8, 4, 3), (64, 32, 
 _LINEAR_GLU_FMA_FP32 = [(64, 32, 32, 8, 4, 3)]
 
 
-def _glu_config(m: int, n: int, k: int, group: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group},
-                         num_warps=warps, num_stages=stages)
-
-
-def linear_glu_gemm_configs(dtype, precision: str) -> list[triton.Config]:
-    """Every gated-GEMM configuration the GPU autotuner may try for ``dtype`` and ``precision``."""
-    import torch
-    if dtype == torch.float32:
-        table = _LINEAR_GLU_MMA_TF32 if precision == "tf32" else _LINEAR_GLU_FMA_FP32
-    else:
-        table = _LINEAR_GLU_MMA_16BIT
-    return [_glu_config(*c) for c in table]
-
-
-LINEAR_GLU_CONFIGS = list({config_key(c): c for c in (
-    [_glu_config(*c) for c in _LINEAR_GLU_MMA_16BIT + _LINEAR_GLU_MMA_TF32 + _LINEAR_GLU_FMA_FP32])}.values())
+LINEAR_GLU_TABLES = GemmTables(_LINEAR_GLU_MMA_16BIT, _LINEAR_GLU_MMA_TF32, _LINEAR_GLU_FMA_FP32)
+linear_glu_gemm_configs = LINEAR_GLU_TABLES.for_dtype
+LINEAR_GLU_CONFIGS = LINEAR_GLU_TABLES.all()
 
 
 def linear_glu_smem_bytes(cfg: triton.Config, elem: int) -> int:
@@ -332,23 +332,9 @@ _GELU_LINEAR_DW_MMA_16BIT = [
 _GELU_LINEAR_DW_FMA_FP32 = [(32, 64, 32, 8, 4, 3)]
 
 
-def _dw_config(m: int, n: int, k: int, group: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group},
-                         num_warps=warps, num_stages=stages)
-
-
-def gelu_linear_dw_gemm_configs(dtype, precision: str) -> list[triton.Config]:
-    """Every dW2 GEMM configuration the GPU autotuner may try for ``dtype`` and ``precision``."""
-    import torch
-    if dtype == torch.float32:
-        table = _LINEAR_GELU_MMA_TF32 if precision == "tf32" else _GELU_LINEAR_DW_FMA_FP32
-    else:
-        table = _GELU_LINEAR_DW_MMA_16BIT
-    return [_dw_config(*c) for c in table]
-
-
-GELU_LINEAR_DW_CONFIGS = list({config_key(c): c for c in (
-    [_dw_config(*c) for c in _GELU_LINEAR_DW_MMA_16BIT + _LINEAR_GELU_MMA_TF32 + _GELU_LINEAR_DW_FMA_FP32])}.values())
+GELU_LINEAR_DW_TABLES = GemmTables(_GELU_LINEAR_DW_MMA_16BIT, _LINEAR_GELU_MMA_TF32, _GELU_LINEAR_DW_FMA_FP32)
+gelu_linear_dw_gemm_configs = GELU_LINEAR_DW_TABLES.for_dtype
+GELU_LINEAR_DW_CONFIGS = GELU_LINEAR_DW_TABLES.all()
 
 
 def prune_gelu_linear_dw_configs(configs, named_args, **kwargs):

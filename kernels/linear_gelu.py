@@ -135,7 +135,8 @@ def _linear_gelu_fwd(
     acc = _gemm_acc(X, W, K, offs_m64, mask_m, offs_n64, mask_n, stride_xm, stride_xk, stride_wn, stride_wk,
                     False, APPROXIMATE, EVEN_K, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
-    # Epilogue, on the fp32 accumulator: the output's GELU sees the unrounded pre-activation.
+    # Epilogue, on the fp32 accumulator: bias, then GELU of the pre-activation rounded as it is stored
+    # (kernels/_gelu.py: _bias_gelu_store).
     if EPILOGUE_SPLIT == 2:
         # Two column halves one after the other: GELU's temporaries on a whole 128-value-per-thread
         # accumulator would spill registers; on half of it they do not.
