@@ -1,7 +1,7 @@
 """``fastvit.ops.mlp`` (fastvit/ops/mlp.py, _mlp_triton.py over kernels/gelu_linear_bwd.py) and the
 ``Mlp`` module that calls it, on the ``device`` fixture's device: forward and every gradient on
 triton against float64 and against the eager backend; the recomputing and the storing paths
-against each other, bitwise; what ``MlpFunction`` saves for the backward; autocast; the custom op
+against each other, bitwise; what the MLP Functions save for the backward; autocast; the custom op
 (opcheck); bad input refused, naming the argument, before any launch.
 """
 from __future__ import annotations

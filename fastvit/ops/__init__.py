@@ -25,7 +25,7 @@ Policies, the same for every family:
   compute in fp32.
 - **naming**: ``AttentionFunction``, ``QKVAttentionFunction``, ``VarlenAttentionFunction``,
   ``VarlenQKVAttentionFunction``, ``LayerNormFunction``,
-  ``AddLayerNormFunction``, ``LinearGeluFunction``, ``LinearGluFunction``, ``MlpFunction``; custom ops
+  ``AddLayerNormFunction``, ``LinearGeluFunction``, ``LinearGluFunction``, ``MlpFc1Function`` + ``MlpFc2Function``; custom ops
   ``fastvit::<op>_fwd`` and ``fastvit::<op>_bwd`` (``mlp`` reuses ``fastvit::linear_gelu_fwd``).
 """
 from .attention import attention, cls_attention, qkv_attention

@@ -109,12 +109,14 @@ def model_memory_bytes(model_or_name, img_size=None, *, backend: str, mode: str,
       output, residual, norm2 output, fc1 and GELU outputs; triton (8 + r) O: the GELU output is
       recomputed in the backward, ``fastvit.ops.mlp``) plus S (eager: the probabilities) or
       L (fused: the logsumexp) and the LayerNorm statistics. The peak is the largest of: the last
-      block's MLP backward (everything saved + the incoming gradient + the GELU-output gradient,
-      (1 + r) O; triton's fused fc1+GELU backward holds both its gradients and dx at once,
-      (2 + r) O; + head, fc2 (and fc1) weight gradients); its attention backward (one block's MLP
+      block's MLP backward (everything saved + the incoming gradient + the GELU-output gradient
+      or triton's dpre, (1 + r) O; + head and fc2 weight gradients; triton then frees pre before
+      fc1's backward holds dpre, dx and the incoming gradient at once, (2 + r) O, + fc1's weight
+      gradients; triton's forward peak, the last MLP's GELU and fc2 outputs and the carried
+      branch, (2 + r) O above everything saved, can be the largest at small batches); its attention backward (one block's MLP
       part freed; eager adds the probabilities' and the softmax gradient 2 S, dv and the residual
       gradient; fused dq, dk, dv, their packed copy and the residual gradient 7 O); the end of the
-      backward (every parameter gradient, 2 O).
+      backward (every parameter gradient and the patch embedding's output gradient, O).
     """
     from .flops import vit_shape
 
@@ -149,15 +151,18 @@ def model_memory_bytes(model_or_name, img_size=None, *, backend: str, mode: str,
     rest_grads = fc1_grads + params((2 * D,), (D, D), (D,))  # fc1, norm2, proj
     mlp_part = 3 * O + kept_mlp + stats  # residual, norm2 output, attention output/copy, fc1 (/GELU) outputs
     attn_transient = (2 * S + 2 * O) if eager else 7 * O
+    mlp_backward = saved + (1 + r) * O + head_grads + fc2_grads
+    terms = {"mlp_backward": int(mlp_backward)}
     if triton:
-        mlp_backward = saved + (2 + r) * O + head_grads + fc2_grads + fc1_grads
-    else:
-        mlp_backward = saved + (1 + r) * O + head_grads + fc2_grads
-    terms = {
-        "mlp_backward": int(mlp_backward),
+        # fc2's backward node frees the last block's pre before fc1's allocates dx and dW1
+        terms["mlp_backward_fc1"] = int(saved - r * O + (2 + r) * O + head_grads + fc2_grads + fc1_grads)
+        # the last block's MLP forward: its GELU output and fc2's output beside everything saved,
+        # and the previous block's MLP branch the caller still holds
+        terms["mlp_forward"] = int(saved + (2 + r) * O)
+    terms.update({
         "attention_backward": int(saved - mlp_part + attn_transient + head_grads + fc2_grads + rest_grads),
-        "end_of_backward": int(s.params * e + 2 * O),
-    }
+        "end_of_backward": int(s.params * e + O),
+    })
     return {"bytes": max(terms.values()), "terms": terms}
 
 
