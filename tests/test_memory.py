@@ -285,3 +285,18 @@ def test_attention_scope_has_the_models_prefix_tokens():
     tokens = vit_shape("vit_small_patch16_dinov3", 32).tokens
     assert [r["tokens"] for r in report.rows] == [4 + 5, 4 + 5] == [tokens, tokens]
     assert report.rows[0]["model_bytes"] and report.rows[1]["model_bytes"] is None
+
+
+def test_training_memory_goals_hold_in_the_model():
+    """The training-memory goals at their reference point, from the analytic model (equal to the
+    tracker on the configurations above; the full-size measurement is in README.md): ViT-B,
+    depth 2, batch 4, fp32, 448 px training on triton at most 0.8x sdpa's peak; inference on
+    triton at most sdpa's at every resolution."""
+    kw = dict(depth=2, batch=4, mode="training")
+    triton = model_memory_bytes("vit_base_patch16_224", 448, backend="triton", **kw)["bytes"]
+    sdpa = model_memory_bytes("vit_base_patch16_224", 448, backend="sdpa", **kw)["bytes"]
+    assert triton <= 0.8 * sdpa, (triton / 2**20, sdpa / 2**20)
+    for size in (224, 384, 448, 512, 768, 1024):
+        kw = dict(depth=2, batch=1, mode="inference")
+        assert (model_memory_bytes("vit_base_patch16_224", size, backend="triton", **kw)["bytes"]
+                <= model_memory_bytes("vit_base_patch16_224", size, backend="sdpa", **kw)["bytes"]), size
