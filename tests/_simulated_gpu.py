@@ -73,11 +73,11 @@ def simulated_gpu(monkeypatch, ranking, *, fail=None, multi_processor_count: int
         return ranking(launches[start:])
 
     import triton.testing
-    from fastvit.kernels import _configs
+    from fastvit.kernels import _gemm_configs
 
     monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
     monkeypatch.setattr(_autotune, "on_gpu", lambda: True)
-    monkeypatch.setattr(_configs, "shared_memory_limit", lambda device: smem_limit)
+    monkeypatch.setattr(_gemm_configs, "shared_memory_limit", lambda device: smem_limit)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: types.SimpleNamespace(multi_processor_count=multi_processor_count,

@@ -20,6 +20,7 @@ import triton
 from fastvit import reference
 from fastvit.kernels import _autotune
 from fastvit.kernels import _configs as C
+from fastvit.kernels import _gemm_configs
 from fastvit.kernels import linear_gelu as K
 from tests._simulated_gpu import clear_tuning, simulated_gpu, skip_on_gpu
 from tests._tolerances import rel_err
@@ -60,7 +61,7 @@ def test_the_autotuner_prunes_through_the_named_filter(monkeypatch):
     tuner = K._linear_gelu_fwd_tuned.tuner
     assert tuner.early_config_prune is C.prune_linear_gelu_configs
     assert tuner.keys == ["M_BUCKET", "N", "K", "HAS_BIAS", "STORE_PRE", "APPROXIMATE", "INPUT_PRECISION"]
-    monkeypatch.setattr(C, "shared_memory_limit", lambda device: SMEM_SM86)
+    monkeypatch.setattr(_gemm_configs, "shared_memory_limit", lambda device: SMEM_SM86)
     for dtype, prec in ((torch.bfloat16, "ieee"), (torch.float32, "tf32"), (torch.float32, "ieee")):
         kept = tuner.early_config_prune(tuner.configs, {}, X=torch.empty(0, dtype=dtype), M=4096, N=3072, K=768,
                                         INPUT_PRECISION=prec)

@@ -16,6 +16,7 @@ import triton
 from fastvit import reference
 from fastvit.kernels import _autotune
 from fastvit.kernels import _configs as C
+from fastvit.kernels import _gemm_configs
 from fastvit.kernels import gelu_linear_bwd as G
 from fastvit.kernels import linear_gelu as K
 from fastvit.ops.linear_gelu import gelu
@@ -195,7 +196,7 @@ def test_candidates_and_named_prune_filters(monkeypatch):
     for c in dpre.configs:  # the bias-gradient bands never straddle two programs
         assert c.kwargs["BLOCK_M"] % C.GELU_LINEAR_DPRE_PARTIAL_ROWS == 0
     assert C.LINEAR_GELU_INTERPRET.kwargs["BLOCK_M"] % C.GELU_LINEAR_DPRE_PARTIAL_ROWS == 0
-    monkeypatch.setattr(C, "shared_memory_limit", lambda device: 99 * 1024)
+    monkeypatch.setattr(_gemm_configs, "shared_memory_limit", lambda device: 99 * 1024)
     for dtype, prec in ((torch.bfloat16, "ieee"), (torch.float32, "tf32"), (torch.float32, "ieee")):
         # ViT-B's fc2 with 128 images: dW2^T is (3072, 768), reduced over 25216 tokens
         kept = dw.early_config_prune(dw.configs, {}, Dy=torch.empty(0, dtype=dtype), H=3072, C=768, T=25216,

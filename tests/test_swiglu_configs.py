@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fastvit.kernels import _autotune
 from fastvit.kernels import _configs as C
+from fastvit.kernels import _gemm_configs
 from fastvit.kernels import linear_glu as K
 from tests._simulated_gpu import skip_on_gpu
 from tests._tolerances import rel_err
@@ -32,7 +33,7 @@ def test_candidates_fit_and_are_pruned_by_the_named_filter(monkeypatch):
             assert 2 * kw["BLOCK_M"] * kw["BLOCK_N"] // (32 * c.num_warps) <= 64
     tuner = K._linear_glu_fwd_tuned.tuner
     assert tuner.early_config_prune is C.prune_linear_glu_configs
-    monkeypatch.setattr(C, "shared_memory_limit", lambda device: SMEM_SM86)
+    monkeypatch.setattr(_gemm_configs, "shared_memory_limit", lambda device: SMEM_SM86)
     kept = tuner.early_config_prune(tuner.configs, {}, X=torch.empty(0, dtype=torch.bfloat16), M=4096, N=2048,
                                     K=768, INPUT_PRECISION="ieee")
     want = [c for c in C.linear_glu_gemm_configs(torch.bfloat16, "ieee")
