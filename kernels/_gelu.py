@@ -185,3 +185,13 @@ def check_device(t, name):
 def check_grid(n_programs, name):
     if n_programs >= 2**31:
         raise ValueError(f"{name}: {n_programs} programs exceed CUDA's grid limit of 2^31 - 1")
+
+
+def gemm_grid(rows: int, cols: int, name: str):
+    """The launch grid of a tiled GEMM over (rows, cols): one program per (BLOCK_M, BLOCK_N)
+    tile, checked against the grid limit (``name`` in the error)."""
+    def grid(meta):
+        programs = triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"])
+        check_grid(programs, name)
+        return (programs,)
+    return grid

@@ -110,12 +110,20 @@ def linear_gelu_fitting_configs(configs, *, M: int, N: int, K: int, dtype, smem_
 def prune_linear_gelu_configs(configs, named_args, **kwargs):
     """``early_config_prune`` of the GEMM: the table of the operands' dtype and dot precision,
     then ``linear_gelu_fitting_configs`` for the launch's shape and device."""
-    args = merged_args(named_args, kwargs)
-    dtype = args["X"].dtype
-    table = {config_key(c) for c in linear_gelu_gemm_configs(dtype, args["INPUT_PRECISION"])}
+    return _prune_gemm(LINEAR_GELU_TABLES, configs, merged_args(named_args, kwargs), "X")
+
+
+def _prune_gemm(tables: GemmTables, configs, args: dict, operand: str, dims=("M", "N", "K"),
+                smem=None) -> list:
+    """What every GEMM family's prune function does: keep the configurations of ``tables`` for
+    the dtype of the launch's ``operand`` and its dot precision, then those that fit the launch's
+    (rows, columns, reduction) = ``dims`` and the device's shared memory."""
+    dtype = args[operand].dtype
+    table = {config_key(c) for c in tables.for_dtype(dtype, args["INPUT_PRECISION"])}
     mine = [c for c in configs if config_key(c) in table]
-    return linear_gelu_fitting_configs(mine, M=args["M"], N=args["N"], K=args["K"], dtype=dtype,
-                                       smem_limit=shared_memory_limit(args["X"].device))
+    m, n, k = (args[d] for d in dims)
+    return linear_gelu_fitting_configs(mine, M=m, N=n, K=k, dtype=dtype,
+                                       smem_limit=shared_memory_limit(args[operand].device), smem=smem)
 
 
 def linear_gelu_epilogue_config(dtype) -> dict:
@@ -163,12 +171,7 @@ def linear_glu_smem_bytes(cfg: triton.Config, elem: int) -> int:
 
 def prune_linear_glu_configs(configs, named_args, **kwargs):
     """``early_config_prune`` of the gated GEMM: its dtype's table, then the shape and device fit."""
-    args = merged_args(named_args, kwargs)
-    dtype = args["X"].dtype
-    table = {config_key(c) for c in linear_glu_gemm_configs(dtype, args["INPUT_PRECISION"])}
-    mine = [c for c in configs if config_key(c) in table]
-    return linear_gelu_fitting_configs(mine, M=args["M"], N=args["N"], K=args["K"], dtype=dtype,
-                                       smem_limit=shared_memory_limit(args["X"].device), smem=linear_glu_smem_bytes)
+    return _prune_gemm(LINEAR_GLU_TABLES, configs, merged_args(named_args, kwargs), "X", smem=linear_glu_smem_bytes)
 
 
 # ============================================================================================
@@ -206,21 +209,11 @@ GELU_LINEAR_DW_CONFIGS = GELU_LINEAR_DW_TABLES.all()
 def prune_gelu_linear_dw_configs(configs, named_args, **kwargs):
     """``early_config_prune`` of the dW2 GEMM: its dtype's table, then the shape and device fit
     (rows: the H hidden units, columns: the C outputs, reduction: the T tokens)."""
-    args = merged_args(named_args, kwargs)
-    dtype = args["Dy"].dtype
-    table = {config_key(c) for c in gelu_linear_dw_gemm_configs(dtype, args["INPUT_PRECISION"])}
-    mine = [c for c in configs if config_key(c) in table]
-    return linear_gelu_fitting_configs(mine, M=args["H"], N=args["C"], K=args["T"], dtype=dtype,
-                                       smem_limit=shared_memory_limit(args["Dy"].device))
+    return _prune_gemm(GELU_LINEAR_DW_TABLES, configs, merged_args(named_args, kwargs), "Dy", dims=("H", "C", "T"))
 
 
 def prune_gelu_linear_dpre_configs(configs, named_args, **kwargs):
     """``early_config_prune`` of the dpre GEMM: linear_gelu's table for the dtype and precision,
     then the shape and device fit (rows: the M tokens, columns: the N hidden units, reduction:
     the K outputs)."""
-    args = merged_args(named_args, kwargs)
-    dtype = args["Dy"].dtype
-    table = {config_key(c) for c in linear_gelu_gemm_configs(dtype, args["INPUT_PRECISION"])}
-    mine = [c for c in configs if config_key(c) in table]
-    return linear_gelu_fitting_configs(mine, M=args["M"], N=args["N"], K=args["K"], dtype=dtype,
-                                       smem_limit=shared_memory_limit(args["Dy"].device))
+    return _prune_gemm(LINEAR_GELU_TABLES, configs, merged_args(named_args, kwargs), "Dy")

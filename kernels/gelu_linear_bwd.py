@@ -37,7 +37,7 @@ from ._aot import aot_spec, tl_type
 from ._autotune import TunedKernel
 from ._checks import KERNEL_DTYPES
 from ._gelu import (GELU_APPROXIMATIONS, LINEAR_GELU_DTYPES, _gelu_grad, _upcast, check_2d, check_approximate,
-                    check_device, check_grid, check_out)
+                    check_device, check_out, gemm_grid)
 from ._interpret import input_precision
 from .linear_gelu import GEMM_PATHS, _bias_gelu_fwd, _bucket, _gemm_acc, _grouped_tile
 from .linear_gelu_bwd import _bias_grad_reduce, linear_gelu_bwd
@@ -229,10 +229,7 @@ def gelu_linear_dw(dy: torch.Tensor, pre: torch.Tensor, approximate: str = "none
         torch.matmul(dy.t(), h, out=dw)
         return dw
 
-    def grid(meta):
-        programs = triton.cdiv(H, meta["BLOCK_M"]) * triton.cdiv(C, meta["BLOCK_N"])
-        check_grid(programs, "gelu_linear_dw GEMM")
-        return (programs,)
+    grid = gemm_grid(H, C, "gelu_linear_dw GEMM")
 
     args = dict(
         Pre=pre, Dy=dy, Dw=dw,                          # (T, H), (T, C), (C, H)
@@ -299,10 +296,7 @@ def gelu_linear_dpre(dy: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor, 
     P = triton.cdiv(M, rows)
     partial = torch.empty((P, N), dtype=torch.float32, device=dy.device) if bias_grad else dpre
 
-    def grid(meta):
-        programs = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-        check_grid(programs, "gelu_linear_dpre GEMM")
-        return (programs,)
+    grid = gemm_grid(M, N, "gelu_linear_dpre GEMM")
 
     args = dict(
         Dy=dy, W=weight, Pre=pre, Dpre=dpre,            # (M, K), (K, N), (M, N), (M, N)

@@ -37,7 +37,7 @@ from ._gelu import (
     check_2d,
     check_approximate,
     check_device,
-    check_grid,
+    gemm_grid,
     check_out,
 )
 from ._interpret import dot, input_precision
@@ -198,10 +198,7 @@ def _launch_gemm(x, weight, bias, y, pre, approximate, precision, config=None):
     M, K = x.shape
     N = weight.shape[0]
 
-    def grid(meta):
-        programs = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-        check_grid(programs, "linear_gelu GEMM")
-        return (programs,)
+    grid = gemm_grid(M, N, "linear_gelu GEMM")
 
     args = dict(
         X=x, W=weight,                                  # (M, K), (N, K)

@@ -26,7 +26,7 @@ from ._aot import aot_spec, tl_type
 from ._autotune import TunedKernel
 from ._checks import KERNEL_DTYPES
 from ._gelu import (GLU_ACTIVATIONS, LINEAR_GELU_DTYPES, _bias_glu_store, _upcast, check_2d, check_activation,
-                    check_device, check_grid, check_out)
+                    check_device, check_out, gemm_grid)
 from ._interpret import dot, input_precision
 from .linear_glu_bwd import aot_specs as _bwd_aot_specs
 from .linear_glu_bwd import linear_glu_bwd
@@ -137,10 +137,7 @@ def _launch_gemm(x, wg, wv, bg, bv, y, pre, activation, precision, config=None):
     M, K = x.shape
     N = wg.shape[0]
 
-    def grid(meta):
-        programs = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-        check_grid(programs, "linear_glu GEMM")
-        return (programs,)
+    grid = gemm_grid(M, N, "linear_glu GEMM")
 
     args = dict(
         X=x, Wg=wg, Wv=wv,                              # (M, K), (N, K), (N, K)
