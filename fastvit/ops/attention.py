@@ -57,6 +57,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: f
     return out
 
 
+def split_qkv(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, H, N, D) views of a packed (B, N, 3*H*D) qkv, after checking its layout."""
+    check_tensor(qkv, "qkv", ndim=3)
+    check_positive_int(num_heads, "num_heads")
+    B, N, C3 = qkv.shape
+    if C3 % (3 * num_heads):
+        raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with num_heads={num_heads}")
+    return qkv.view(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 def qkv_attention(qkv: torch.Tensor, num_heads: int, *, dropout_p: float = 0.0, scale: float | None = None,
                   backend: str = "auto", return_lse: bool = False):
     """Multi-head self-attention on the packed output of a qkv Linear.
@@ -64,13 +74,8 @@ def qkv_attention(qkv: torch.Tensor, num_heads: int, *, dropout_p: float = 0.0, 
     qkv (B, N, 3*H*D), laid out as timm's ``qkv`` Linear writes it (q|k|v, then heads);
     returns (B, N, H*D), ready for the ``proj`` Linear (and lse (B, H, N) with ``return_lse``).
     """
-    check_tensor(qkv, "qkv", ndim=3)
-    check_positive_int(num_heads, "num_heads")
-    B, N, C3 = qkv.shape
-    if C3 % (3 * num_heads):
-        raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with num_heads={num_heads}")
-    D = C3 // (3 * num_heads)
-    q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = split_qkv(qkv, num_heads)
+    B, N, D = qkv.shape[0], qkv.shape[1], q.shape[-1]
     dropout_p, scale = check_attention_args(q, k, v, dropout_p, scale)
     backend = resolve_backend(backend, qkv.device, qkv.dtype)
     if backend == "triton":

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 
 from ..backend import resolve_backend
-from ._checks import MAX_HEAD_DIM, ROPE_PAIRINGS, check_choice, check_kernel_limit, check_positive_int, check_tensor
-from .attention import check_attention_args, attention, qkv_attention
+from ._checks import MAX_HEAD_DIM, ROPE_PAIRINGS, check_choice, check_kernel_limit, check_tensor
+from .attention import attention, check_attention_args, qkv_attention, split_qkv
 
 
 def _check_tables(cos, sin, rotated: int, head_dim: int, device) -> None:
@@ -93,17 +93,13 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch
     return attention(apply_rope(q, cos, sin, **rot), apply_rope(k, cos, sin, **rot), v, dropout_p=dropout_p,
                      scale=scale, backend=backend, return_lse=return_lse)
 
+
 def rope_qkv(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tensor, *,
              num_prefix_tokens: int = 0, pairing: str = "half") -> torch.Tensor:
     """The packed qkv (B, N, 3*H*D) with q and k rotated: a new tensor of the same layout, so the
     packed attention reads it by strides as it reads the qkv Linear's output."""
-    check_tensor(qkv, "qkv", ndim=3)
-    check_positive_int(num_heads, "num_heads")
+    B, N, D = qkv.shape[0], qkv.shape[1], split_qkv(qkv, num_heads)[0].shape[-1]
     pairing = check_choice(pairing, ROPE_PAIRINGS, "pairing")
-    B, N, C3 = qkv.shape
-    if C3 % (3 * num_heads):
-        raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with num_heads={num_heads}")
-    D = C3 // (3 * num_heads)
     n = _check_prefix(num_prefix_tokens, N)
     _check_tables(cos, sin, N - n, D, qkv.device)
     parts = qkv.view(B, N, 3, num_heads, D)
@@ -120,15 +116,9 @@ def rope_qkv_attention(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin
                        scale: float | None = None, backend: str = "auto", return_lse: bool = False):
     """``qkv_attention`` with q and k rotated: qkv (B, N, 3*H*D) -> (B, N, H*D) (and the lse
     (B, H, N) with ``return_lse``)."""
-    check_tensor(qkv, "qkv", ndim=3)
-    check_positive_int(num_heads, "num_heads")
+    q, k, v = split_qkv(qkv, num_heads)
     if resolve_backend(backend, qkv.device, qkv.dtype) == "triton":
-        B, N, C3 = qkv.shape
-        if C3 % (3 * num_heads):
-            raise ValueError(f"qkv's last dimension must be 3 * num_heads * head_dim, got {C3} with "
-                             f"num_heads={num_heads}")
-        D = C3 // (3 * num_heads)
-        q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)
+        N, D = qkv.shape[1], q.shape[-1]
         dropout_p, scale = check_attention_args(q, k, v, dropout_p, scale)
         pairing = check_choice(pairing, ROPE_PAIRINGS, "pairing")
         n = _check_prefix(num_prefix_tokens, N)
