@@ -36,13 +36,6 @@ def _seed_value(seed: Optional[torch.Tensor]) -> int:
     return 0 if seed is None else int(seed.item())
 
 
-def _rope(cos, sin, num_prefix_tokens: int, pairing: str) -> dict:
-    """The launchers' rotary keywords (none without tables)."""
-    if cos is None:
-        return {}
-    return dict(cos=cos, sin=sin, num_prefix_tokens=num_prefix_tokens, pairing=pairing)
-
-
 def draw_seed(dropout_p: float) -> Optional[torch.Tensor]:
     """The dropout seed of one attention call: a CPU int64 scalar from torch's default generator
     (``None`` without dropout, so p = 0 consumes no random numbers)."""
@@ -73,7 +66,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
                   seed: Optional[torch.Tensor], cos: Optional[torch.Tensor] = None, sin: Optional[torch.Tensor] = None,
                   num_prefix_tokens: int = 0, pairing: str = "half") -> tuple[torch.Tensor, torch.Tensor]:
     return _kernels.attention_fwd(q, k, v, sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed),
-                                  **_rope(cos, sin, num_prefix_tokens, pairing))
+                                  cos=cos, sin=sin, num_prefix_tokens=num_prefix_tokens, pairing=pairing)
 
 
 @attention_fwd.register_fake
@@ -89,7 +82,8 @@ def attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
                   num_prefix_tokens: int = 0,
                   pairing: str = "half") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _kernels.attention_bwd(dout, q, k, v, out, lse, sm_scale=scale, dropout_p=dropout_p,
-                                  seed=_seed_value(seed), dlse=dlse, **_rope(cos, sin, num_prefix_tokens, pairing))
+                                  seed=_seed_value(seed), dlse=dlse, cos=cos, sin=sin,
+                                  num_prefix_tokens=num_prefix_tokens, pairing=pairing)
 
 
 @attention_bwd.register_fake
@@ -112,7 +106,8 @@ def qkv_attention_fwd(qkv: torch.Tensor, num_heads: int, dropout_p: float, scale
     q, k, v = _qkv_views(qkv, num_heads)
     out = qkv.new_empty((B, N, C3 // 3))
     _, lse = _kernels.attention_fwd(q, k, v, sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed),
-                                    out=_heads_view(out, num_heads), **_rope(cos, sin, num_prefix_tokens, pairing))
+                                    out=_heads_view(out, num_heads), cos=cos, sin=sin,
+                                    num_prefix_tokens=num_prefix_tokens, pairing=pairing)
     return out, lse
 
 
@@ -133,7 +128,8 @@ def qkv_attention_bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, 
     dq, dk, dv = _qkv_views(dqkv, num_heads)
     _kernels.attention_bwd(_heads_view(dout, num_heads), q, k, v, _heads_view(out, num_heads), lse,
                            sm_scale=scale, dropout_p=dropout_p, seed=_seed_value(seed), dlse=dlse,
-                           dq=dq, dk=dk, dv=dv, **_rope(cos, sin, num_prefix_tokens, pairing))
+                           dq=dq, dk=dk, dv=dv, cos=cos, sin=sin, num_prefix_tokens=num_prefix_tokens,
+                           pairing=pairing)
     return dqkv
 
 
